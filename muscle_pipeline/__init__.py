@@ -1,0 +1,29 @@
+"""muscle_pipeline: segmentation of individual skeletal muscles in lower-limb MRI/CT and in
+exercise photos, built on MONAI.
+
+Public API (imported lazily so that ``import muscle_pipeline`` stays fast)::
+
+    segment(inputs, output_dir, model="calf_mri", device="cpu")  # batch job, per-case results
+    train(...), evaluate(...), load_model(name_or_path)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "segment": "muscle_pipeline.api",
+    "train": "muscle_pipeline.api",
+    "evaluate": "muscle_pipeline.api",
+    "load_model": "muscle_pipeline.api",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'muscle_pipeline' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY) + ["__version__"]

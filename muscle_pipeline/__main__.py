@@ -1,0 +1,3 @@
+from muscle_pipeline.cli import main
+
+raise SystemExit(main())
