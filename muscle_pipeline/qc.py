@@ -1,0 +1,127 @@
+"""Quality-control picture of one case: axial montage plus a coronal view, labels overlaid.
+
+Shown in the radiological convention (the subject's right on the viewer's left, anterior up,
+superior up), with "R"/"L" markers, whatever the scan's array orientation: the volume is first
+reoriented to RAS with nibabel, so the same physical scan always gives the same picture.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from muscle_pipeline import labels as ontology
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip array axes so that they run along +x (R), +y (A), +z (S); returns spacing."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(affine)
+    ras = nio.apply_orientation(array, ornt)
+    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    spacing = spacing[np.argsort(ornt[:, 0])]  # spacing of the output axes x, y, z
+    return ras, spacing
+
+
+def _colour_lut(values: np.ndarray) -> dict[int, tuple[float, float, float]]:
+    lut = {}
+    for v in values.tolist():
+        try:
+            lut[v] = tuple(c / 255.0 for c in ontology.label(int(v)).color)
+        except KeyError:
+            lut[v] = (1.0, 1.0, 1.0)
+    return lut
+
+
+def _overlay(gray: np.ndarray, lab: np.ndarray, lut: dict, alpha: float) -> np.ndarray:
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    for v, colour in lut.items():
+        mask = lab == v
+        if mask.any():
+            rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
+    return rgb
+
+
+def save_qc_png(
+    image: np.ndarray,
+    label_map: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    n_axial: int = 8,
+    alpha: float = 0.45,
+    title: str | None = None,
+) -> Path:
+    """Write a montage PNG of ``image`` (X, Y, Z) with ``label_map`` (same grid) overlaid.
+
+    ``n_axial`` axial slices evenly spread over the labelled superior–inferior range, plus one
+    coronal slice through the labels' centre, and a legend naming every structure present.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    img, spacing = _to_ras(np.asarray(image, dtype=np.float32), affine)
+    lab, _ = _to_ras(np.asarray(label_map), affine)
+    finite = img[np.isfinite(img)]
+    lo, hi = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
+    gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    # Crop x/y to the body (and labels) so small anatomy fills the tiles.
+    body = (gray > 0.15).any(axis=2) | (lab > 0).any(axis=2)
+    if body.any():
+        (x0, y0), (x1, y1) = np.argwhere(body).min(0), np.argwhere(body).max(0)
+        mx, my = max(3, (x1 - x0) // 20), max(3, (y1 - y0) // 20)
+        xs = slice(max(0, x0 - mx), x1 + mx + 1)
+        ys = slice(max(0, y0 - my), y1 + my + 1)
+        gray, lab = gray[xs, ys], lab[xs, ys]
+
+    values = np.unique(lab[lab > 0])
+    lut = _colour_lut(values)
+    if values.size:
+        z_any = np.flatnonzero((lab > 0).any(axis=(0, 1)))
+        z_slices = np.unique(np.linspace(z_any[0], z_any[-1], n_axial).round().astype(int))
+        y_centre = int(np.round(np.argwhere(lab > 0)[:, 1].mean()))
+    else:
+        z_slices = np.unique(np.linspace(0, img.shape[2] - 1, n_axial).round().astype(int))
+        y_centre = img.shape[1] // 2
+
+    n_cols = 4
+    n_rows = int(np.ceil(len(z_slices) / n_cols)) + 1
+    fig = plt.figure(figsize=(3.2 * n_cols, 3.2 * n_rows + 0.6), facecolor="black")
+    for i, z in enumerate(z_slices):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        # (X, Y) slice -> rows = y flipped (anterior up), cols = x flipped (subject's right on
+        # the viewer's left: radiological convention).
+        rgb = _overlay(gray[:, :, z], lab[:, :, z], lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
+        ax.imshow(rgb, aspect=spacing[1] / spacing[0], interpolation="nearest")
+        ax.set_title(f"axial z={z}", color="white", fontsize=8)
+        ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
+        ax.text(0.93, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
+        ax.axis("off")
+    ax = fig.add_subplot(n_rows, 1, n_rows)
+    rgb = _overlay(gray[:, y_centre, :], lab[:, y_centre, :], lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
+    ax.imshow(rgb, aspect=spacing[2] / spacing[0], interpolation="nearest")
+    ax.set_title(f"coronal y={y_centre}", color="white", fontsize=8)
+    ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
+    ax.text(0.98, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
+    ax.axis("off")
+
+    handles = []
+    for v in values.tolist():
+        try:
+            name = ontology.label(int(v)).name
+        except KeyError:
+            name = f"unknown_{v}"
+        handles.append(Patch(color=lut[v], label=f"{v} {name}"))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=7,
+                   facecolor="black", labelcolor="white", frameon=False)
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * int(np.ceil(len(handles) / 4)), 1, 0.97))
+    path = Path(path)
+    fig.savefig(path, dpi=90, facecolor="black")
+    plt.close(fig)
+    return path
