@@ -589,7 +589,10 @@ def to_json(labels: Iterable[Label | int | str] | None = None) -> str:
                            "subject's own, from the image header's patient axes",
         "labels": entries,
     }
-    return json.dumps(document, indent=1) + "\n"
+    # one line per label keeps the file short enough to read and diff
+    head = json.dumps({**document, "labels": []}, indent=1)[: -len("[]\n}")]
+    body = ",\n".join("  " + json.dumps(e) for e in entries)
+    return f"{head}[\n{body}\n ]\n}}\n"
 
 
 _ITKSNAP_HEADER = """################################################
