@@ -1,0 +1,222 @@
+"""Intensity presets: CT Hounsfield windows and MR percentile clipping + z-score inside the body.
+
+All transforms take channel-first arrays or MetaTensors ``(C, X, Y, Z)`` and keep the
+MetaTensor's affine and meta. None of them moves voxels, so none needs inverting.
+
+Named presets (usable from a bundle config)::
+
+    {"_target_": "muscle_pipeline.transforms.intensity_preset", "name": "ct_muscle", "keys": ["image"]}
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    ScaleIntensityRange,
+    ScaleIntensityRanged,
+    Transform,
+)
+from monai.utils import convert_to_dst_type, convert_to_numpy, convert_to_tensor
+
+__all__ = [
+    "CT_MUSCLE_WINDOW_HU",
+    "CT_BONE_WINDOW_HU",
+    "CT_SOFT_TISSUE_WINDOW_HU",
+    "otsu_body_mask",
+    "CTWindow",
+    "CTWindowd",
+    "MRNormalize",
+    "MRNormalized",
+    "PRESETS",
+    "intensity_preset",
+]
+
+# Muscle window, -100 ... 250 HU (level 75, width 350). Why these bounds:
+#  * fat is -190 ... -30 HU and muscle +35 ... +55 HU (unenhanced), so -100 keeps fat just
+#    above black and distinguishable from muscle, and intramuscular fat infiltration stays
+#    visible as partial-volume greys instead of being clipped away;
+#  * +250 keeps enhanced vessels, tendons and trabecular bone on the scale while saturating
+#    cortical bone (> ~400 HU), which the muscle networks only need as a dark/bright boundary.
+# A lower bound of +100 (a typo seen in an earlier draft: "100 to 250") would clip muscle
+# itself (~40 HU) to zero and erase the fat/muscle contrast.
+CT_MUSCLE_WINDOW_HU = (-100.0, 250.0)
+# Radiological bone window, level 400 / width 1800 HU.
+CT_BONE_WINDOW_HU = (-500.0, 1300.0)
+# Radiological soft-tissue window, level 40 / width 400 HU.
+CT_SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
+
+
+def _slice_axis(affine: np.ndarray | None) -> int:
+    """Array axis (0..2) whose world direction is closest to superior-inferior (axial slices)."""
+    if affine is None:
+        return 2
+    direction = np.asarray(affine, dtype=float)[:3, :3]
+    direction = direction / np.linalg.norm(direction, axis=0, keepdims=True)
+    return int(np.argmax(np.abs(direction[2])))
+
+
+def otsu_body_mask(image: NdarrayOrTensor, affine: NdarrayOrTensor | None = None,
+                   min_component_fraction: float = 0.1) -> np.ndarray:
+    """Body (foreground) mask of one spatial volume ``(X, Y, Z)`` -> bool ``(X, Y, Z)``.
+
+    Otsu threshold over all voxels (air/background vs tissue), holes filled slice by slice in
+    axial planes (found from ``affine``; the dark femoral marrow or fat of an MR image is
+    body too, and a slab's marrow is not closed in 3D), then components smaller than
+    ``min_component_fraction`` of the largest are dropped (noise, coil, table), keeping both
+    legs.
+    """
+    import cc3d
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    values = convert_to_numpy(image).astype(np.float32, copy=False)
+    if values.ndim != 3:
+        raise ValueError(f"otsu_body_mask expects a spatial (X, Y, Z) volume, got shape {values.shape}")
+    if float(values.max()) <= float(values.min()):
+        return np.zeros(values.shape, dtype=bool)
+    mask = values > threshold_otsu(values)
+    axis = _slice_axis(None if affine is None else convert_to_numpy(affine))
+    mask = np.moveaxis(mask, axis, 0)
+    mask = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+    mask = np.moveaxis(mask, 0, axis)
+    labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        keep = sizes >= min_component_fraction * sizes.max()
+        mask = keep[labels]
+    return mask
+
+
+class CTWindow(ScaleIntensityRange):
+    """Clip a CT to a Hounsfield window and scale it to ``[b_min, b_max]`` (default 0..1).
+
+    A thin, named wrapper of MONAI's ``ScaleIntensityRange(clip=True)`` whose default window
+    is the muscle window -100 ... 250 HU (see ``CT_MUSCLE_WINDOW_HU`` for why).
+    Input ``(C, X, Y, Z)`` in HU; output float32 of the same shape and meta.
+    """
+
+    def __init__(self, window_hu: tuple[float, float] = CT_MUSCLE_WINDOW_HU,
+                 b_min: float = 0.0, b_max: float = 1.0) -> None:
+        low, high = (float(v) for v in window_hu)
+        if not high > low:
+            raise ValueError(f"CT window must have low < high, got {window_hu}")
+        super().__init__(a_min=low, a_max=high, b_min=b_min, b_max=b_max, clip=True)
+        self.window_hu = (low, high)
+
+
+class CTWindowd(ScaleIntensityRanged):
+    """Dictionary twin of :class:`CTWindow`."""
+
+    def __init__(self, keys: KeysCollection, window_hu: tuple[float, float] = CT_MUSCLE_WINDOW_HU,
+                 b_min: float = 0.0, b_max: float = 1.0, allow_missing_keys: bool = False) -> None:
+        low, high = (float(v) for v in window_hu)
+        if not high > low:
+            raise ValueError(f"CT window must have low < high, got {window_hu}")
+        super().__init__(keys, a_min=low, a_max=high, b_min=b_min, b_max=b_max, clip=True,
+                         allow_missing_keys=allow_missing_keys)
+        self.window_hu = (low, high)
+
+
+class MRNormalize(Transform):
+    """MR intensity normalisation inside the body: percentile clipping, then z-score.
+
+    For each channel of ``(C, X, Y, Z)``: the ``lower``/``upper`` percentiles of the voxels
+    inside the body mask bound the intensities (bright vessels, fat-suppression failures and
+    coil hot spots stop dominating the scale), then the voxels are shifted and scaled so
+    that the body has mean 0 and standard deviation 1. Outside voxels get the same affine
+    map (so air sits at a fixed negative value), unless ``outside_value`` is given.
+    The body mask is Otsu's (``otsu_body_mask``) unless one is passed to ``__call__``.
+    Output float32 with the input's meta.
+    """
+
+    def __init__(self, lower: float = 0.5, upper: float = 99.5, outside_value: float | None = None) -> None:
+        if not 0.0 <= lower < upper <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+        self.lower = float(lower)
+        self.upper = float(upper)
+        self.outside_value = outside_value
+
+    def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
+        data = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+        affine = getattr(img, "affine", None)
+        if mask is not None:
+            body = convert_to_numpy(mask).astype(bool)
+            if body.ndim == data.ndim:  # channel-first mask (1, X, Y, Z)
+                body = body[0]
+            if body.shape != tuple(data.shape[1:]):
+                raise ValueError(f"body mask shape {body.shape} does not match image {tuple(data.shape[1:])}")
+        out = torch.empty_like(data)
+        for channel in range(data.shape[0]):
+            values = data[channel]
+            body_c = otsu_body_mask(values, affine) if mask is None else body
+            inside = values.detach().cpu().numpy()[body_c]
+            if inside.size < 2:
+                raise ValueError("MRNormalize: the body mask is empty; cannot normalise")
+            # numpy, not torch.quantile: the latter refuses tensors above 16 M elements.
+            low, high = np.percentile(inside, [self.lower, self.upper])
+            clipped = values.clamp(float(low), float(high))
+            inside_clipped = np.clip(inside, low, high).astype(np.float64)
+            mean, std = inside_clipped.mean(), inside_clipped.std()
+            normalised = (clipped - float(mean)) / max(float(std), 1e-8)
+            if self.outside_value is not None:
+                normalised[~torch.as_tensor(body_c, device=values.device)] = float(self.outside_value)
+            out[channel] = normalised
+        return convert_to_dst_type(out, img, dtype=torch.float32)[0]
+
+
+class MRNormalized(MapTransform):
+    """Dictionary twin of :class:`MRNormalize`; ``mask_key`` names a body mask (else Otsu)."""
+
+    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5,
+                 outside_value: float | None = None, mask_key: str | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = MRNormalize(lower, upper, outside_value)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        mask = d[self.mask_key] if self.mask_key is not None else None
+        for key in self.key_iterator(d):
+            d[key] = self.normalizer(d[key], mask)
+        return d
+
+
+def _n4_then_zscore(keys: KeysCollection | None):
+    from muscle_pipeline.transforms.bias import N4BiasFieldCorrection, N4BiasFieldCorrectiond
+
+    if keys is None:
+        return Compose([N4BiasFieldCorrection(), MRNormalize()])
+    return Compose([N4BiasFieldCorrectiond(keys), MRNormalized(keys)])
+
+
+# name -> factory(keys) returning the array transform (keys None) or its dictionary twin.
+PRESETS = {
+    "ct_muscle": lambda keys: CTWindow(CT_MUSCLE_WINDOW_HU) if keys is None else CTWindowd(keys, CT_MUSCLE_WINDOW_HU),
+    "ct_bone": lambda keys: CTWindow(CT_BONE_WINDOW_HU) if keys is None else CTWindowd(keys, CT_BONE_WINDOW_HU),
+    "ct_soft_tissue": lambda keys: (CTWindow(CT_SOFT_TISSUE_WINDOW_HU) if keys is None
+                                    else CTWindowd(keys, CT_SOFT_TISSUE_WINDOW_HU)),
+    "mr_zscore": lambda keys: MRNormalize() if keys is None else MRNormalized(keys),
+    "mr_n4_zscore": _n4_then_zscore,
+}
+
+
+def intensity_preset(name: str, keys: KeysCollection | None = None) -> Transform:
+    """The intensity transform called ``name`` (one of ``PRESETS``).
+
+    Without ``keys`` it returns the array transform; with ``keys`` its dictionary twin.
+    ``ct_muscle`` (-100..250 HU), ``ct_bone`` (-500..1300 HU), ``ct_soft_tissue``
+    (-160..240 HU) map to 0..1; ``mr_zscore`` is :class:`MRNormalize`; ``mr_n4_zscore`` is
+    N4 bias correction followed by :class:`MRNormalize`.
+    """
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown intensity preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return factory(keys)
