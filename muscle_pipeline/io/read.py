@@ -1,0 +1,322 @@
+"""Read one case into a MONAI ``MetaTensor`` in its native space.
+
+Every format goes through MONAI's ``LoadImage`` with ``ITKReader`` (NIfTI, NRRD, MetaImage,
+and DICOM series through GDCM, JPEG 2000 included). The result is float32 with shape
+(X, Y, Z) (no channel), ``.affine`` maps voxel index -> RAS+ world mm, and the meta dict keeps
+``filename_or_obj``, ``original_affine``, ``spatial_shape``, ``modality`` and ``case_id``.
+
+Checks made here, because ITK does not make them (all measured with ITK 5.4):
+
+* NIfTI: ITK reads a truncated or corrupt ``.nii.gz`` without complaint (the missing voxels
+  come back as zeros), silently turns NaN voxels into 0 and replaces a zero pixdim with 1.
+  So a NIfTI file is first decoded with Python's gzip (which checks the stream's CRC and
+  length) and nibabel (raw header and voxels, nothing "fixed").
+* DICOM: ITK's series reader takes the origin and slice direction from the file order it is
+  given and does not refuse missing slices or mixed orientations. So the series is checked
+  and ordered here from its headers (pydicom): one ImageOrientationPatient, one image size,
+  uniform steps of ImagePositionPatient along the slice normal, no in-plane shift (tilt).
+
+Every problem is raised as one :mod:`muscle_pipeline.errors` exception naming the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import torch
+from monai.data import ITKReader, MetaTensor
+from monai.transforms import LoadImage
+from monai.utils import ensure_tuple
+
+from muscle_pipeline.errors import (
+    CorruptFileError,
+    InvalidGeometryError,
+    InvalidIntensityError,
+    MusclePipelineError,
+    NoCasesFoundError,
+    UnsupportedImageError,
+)
+from muscle_pipeline.io.discover import Case, discover, image_format, strip_image_suffix
+
+# Two slices closer than this (mm) along the normal are "at the same position".
+_SAME_POSITION_MM = 1e-3
+# Allowed deviation of one slice step from the median step, relative to it; a missing slice
+# doubles a step, position rounding in real headers stays far below this.
+_STEP_TOLERANCE = 0.05
+# Allowed difference between ImageOrientationPatient cosines of two slices.
+_ORIENTATION_TOLERANCE = 1e-4
+
+
+class DicomSeriesITKReader(ITKReader):
+    """MONAI ``ITKReader`` that reads an ordered list of DICOM files as ONE series volume.
+
+    MONAI's own ITKReader, given a folder, reads only the folder's first series, and given a
+    list of files, reads each file separately as a channel. A folder may hold several series,
+    so a case's own files are passed here, already ordered along the slice normal (ITK's
+    series reader takes the origin and slice direction from that order).
+    """
+
+    def read(self, data, **kwargs):
+        names = [str(name) for name in ensure_tuple(data)]
+        if len(names) == 1:
+            return super().read(names[0], **kwargs)
+        import itk
+
+        return itk.imread(names, imageio=itk.GDCMImageIO.New())
+
+
+def read_image(case_or_path: Case | str | Path, volume_index: int | None = None) -> MetaTensor:
+    """Read a case (or a file / a folder holding exactly one case) as a MetaTensor.
+
+    Returns float32 of shape (X, Y, Z); ``.affine`` maps voxel index -> RAS+ mm. A 4D image
+    needs ``volume_index`` (which volume to take, 0-based); a 3D image accepts only None or 0.
+    Raises CorruptFileError, UnsupportedImageError, InvalidGeometryError,
+    InvalidIntensityError or NoCasesFoundError, each naming the file or folder.
+    """
+    case = _as_case(case_or_path)
+    source = case.source
+    if case.format == "dicom":
+        data: object = [str(p) for p in ordered_series_files(case)]
+        reader: ITKReader = DicomSeriesITKReader()
+    else:
+        data = str(source)
+        if case.format == "nifti":
+            _check_nifti_file(source)
+        reader = ITKReader()
+    with _itk_warnings_off():
+        try:
+            image = LoadImage(reader=reader, image_only=True, dtype=np.float32)(data, reader=reader)
+        except MusclePipelineError:
+            raise
+        except Exception as exc:  # ITK raises RuntimeError/IndexError/... with C++ detail
+            raise CorruptFileError(source, f"ITK cannot read it: {_first_line(exc)}") from None
+
+    array, affine = _select_volume(image, source, volume_index)
+    _check_geometry(affine, source)
+    _check_finite(array, source)
+
+    meta = dict(image.meta)
+    meta.update(
+        filename_or_obj=str(source),
+        original_affine=np.asarray(meta.get("original_affine", affine), dtype=np.float64),
+        spatial_shape=np.asarray(array.shape),
+        modality=case.modality,
+        case_id=case.case_id,
+        format=case.format,
+    )
+    meta.pop("original_channel_dim", None)  # the output never has a channel dimension
+    meta.pop("affine", None)  # given below; MetaTensor warns when both are set
+    return MetaTensor(array, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
+
+
+def voxel_spacing(affine) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes (column norms of the affine)."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return tuple(float(v) for v in np.linalg.norm(matrix, axis=0))
+
+
+def orientation_code(affine) -> str:
+    """Nearest anatomical axis codes of the array axes in RAS terms, e.g. 'RAS' or 'LPS'
+    ('L' = index increases towards the subject's left)."""
+    return "".join(nib.orientations.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
+# ----------------------------------------------------------------------------------------------
+def _as_case(case_or_path: Case | str | Path) -> Case:
+    if isinstance(case_or_path, Case):
+        return case_or_path
+    path = Path(case_or_path)
+    if not path.exists():
+        raise NoCasesFoundError(path, "does not exist")
+    fmt = image_format(path)
+    if path.is_file() and fmt is not None:
+        return Case(case_id=strip_image_suffix(path.name), paths=(path,), format=fmt)
+    cases = discover([path])
+    if len(cases) > 1:
+        ids = ", ".join(c.case_id for c in cases)
+        raise UnsupportedImageError(path, f"holds {len(cases)} cases ({ids}); read them one by one via discover()")
+    return cases[0]
+
+
+@contextlib.contextmanager
+def _itk_warnings_off():
+    """Silence ITK's C++ warnings on stderr while reading; problems are raised by us instead."""
+    import itk
+
+    before = itk.Object.GetGlobalWarningDisplay()
+    itk.Object.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        itk.Object.SetGlobalWarningDisplay(before)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of an ITK/MONAI error (ITK puts the reason after 'ITK ERROR:')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "ERROR" in line:
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_nifti_file(path: Path) -> None:
+    """Decode a NIfTI file with gzip + nibabel and refuse what ITK would silently accept."""
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                raw = stream.read()  # reads to the end: checks the CRC and the length
+        else:
+            raw = path.read_bytes()
+    except EOFError:
+        raise CorruptFileError(path, "truncated gzip file (the compressed stream ends early)") from None
+    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise CorruptFileError(path, f"corrupt gzip file ({exc})") from None
+
+    header = None
+    for header_class in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            candidate = header_class.from_fileobj(io.BytesIO(raw), check=False)
+        except Exception:
+            continue
+        if int(candidate["sizeof_hdr"]) == header_class.sizeof_hdr:
+            header = candidate
+            break
+    if header is None:
+        raise CorruptFileError(path, "not a NIfTI file (no valid NIfTI-1/2 header)")
+
+    ndim = int(header["dim"][0])
+    spatial = min(ndim, 3)
+    pixdim = np.asarray(header["pixdim"][1 : 1 + spatial], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise InvalidGeometryError(path, f"voxel spacing (pixdim) {pixdim.tolist()} mm is zero, negative or not finite")
+    affine = header.get_best_affine()
+    if not np.all(np.isfinite(affine)) or np.any(np.linalg.norm(affine[:3, :spatial], axis=0) <= 0):
+        raise InvalidGeometryError(path, f"voxel-to-world affine has a zero or non-finite axis:\n{affine}")
+
+    try:
+        voxels = header.data_from_fileobj(io.BytesIO(raw))
+    except Exception as exc:
+        raise CorruptFileError(path, f"voxel data cannot be read ({_first_line(exc)})") from None
+    del raw
+    _check_finite(voxels, path)
+
+
+def _check_finite(array, path: Path) -> None:
+    values = torch.as_tensor(array)
+    if not values.is_floating_point():
+        return
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    n_nan = int(torch.isnan(values).sum())
+    n_inf = int((~finite).sum()) - n_nan
+    raise InvalidIntensityError(path, f"{n_nan} NaN and {n_inf} infinite voxel values")
+
+
+def _select_volume(image: MetaTensor, path: Path, volume_index: int | None) -> tuple[torch.Tensor, np.ndarray]:
+    """(X, Y, Z) float32 array and 4x4 affine; one volume taken out of a 4D image."""
+    array = image.as_tensor().to(torch.float32)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    shape = tuple(array.shape)
+    if array.ndim < 3 or min(shape[:3]) < 2:
+        raise UnsupportedImageError(path, f"is a 2D image (shape {shape}); a 3D scan is needed")
+    if array.ndim > 4:
+        raise UnsupportedImageError(path, f"has {array.ndim} dimensions (shape {shape}); a 3D scan is needed")
+    n_volumes = shape[3] if array.ndim == 4 else 1
+    if array.ndim == 4 and n_volumes > 1 and volume_index is None:
+        raise UnsupportedImageError(
+            path, f"is a 4D image with {n_volumes} volumes (shape {shape}); choose one with volume_index 0..{n_volumes - 1}"
+        )
+    index = 0 if volume_index is None else int(volume_index)
+    if not 0 <= index < n_volumes:
+        raise UnsupportedImageError(path, f"has {n_volumes} volume(s); volume_index {volume_index} is out of range")
+    if array.ndim == 4:
+        array = array[..., index].contiguous()
+    return array, affine
+
+
+def _check_geometry(affine: np.ndarray, path: Path) -> None:
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(np.isfinite(affine)) or np.any(spacing <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 0:
+        raise InvalidGeometryError(path, f"voxel spacing {spacing.tolist()} mm is zero or not finite (affine {affine.tolist()})")
+
+
+def ordered_series_files(case: Case) -> list[Path]:
+    """The files of a DICOM series ordered along the slice normal, after checking that they
+    form one regular 3D grid (one orientation, one image size and pixel spacing, uniform steps
+    of ImagePositionPatient along the normal, no in-plane shift between slices).
+
+    Raises UnsupportedImageError for a single 2D slice, InvalidGeometryError otherwise.
+    """
+    headers = []
+    for path in case.paths:
+        try:
+            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+        except Exception as exc:
+            raise CorruptFileError(path, f"unreadable DICOM header ({_first_line(exc)})") from None
+    if len(headers) == 1:
+        path, header = headers[0]
+        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+            return [path]  # multi-frame: one file is the whole volume, ITK/GDCM orders its frames
+        raise UnsupportedImageError(path, "is a single DICOM slice (2D); a 3D series is needed")
+
+    first_path, first = headers[0]
+    for path, header in headers:
+        for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "Rows", "Columns"):
+            if header.get(keyword) in (None, ""):
+                raise InvalidGeometryError(path, f"DICOM slice lacks {keyword}")
+    reference_orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    reference_size = (int(first.Rows), int(first.Columns))
+    reference_pixel = np.asarray(first.get("PixelSpacing", [1, 1]), dtype=np.float64)
+    for path, header in headers:
+        orientation = np.asarray(header.ImageOrientationPatient, dtype=np.float64)
+        if orientation.shape != (6,) or not np.allclose(orientation, reference_orientation, atol=_ORIENTATION_TOLERANCE):
+            raise InvalidGeometryError(
+                path,
+                f"ImageOrientationPatient {orientation.tolist()} differs from {reference_orientation.tolist()} "
+                f"of {first_path.name}: mixed orientations in one series",
+            )
+        size = (int(header.Rows), int(header.Columns))
+        pixel = np.asarray(header.get("PixelSpacing", [1, 1]), dtype=np.float64)
+        if size != reference_size or not np.allclose(pixel, reference_pixel, rtol=1e-4):
+            raise InvalidGeometryError(
+                path, f"image size {size} / pixel spacing {pixel.tolist()} differ from {first_path.name} in the same series"
+            )
+
+    row, column = reference_orientation[:3], reference_orientation[3:]
+    normal = np.cross(row, column)
+    positions = np.asarray([np.asarray(h.ImagePositionPatient, dtype=np.float64) for _, h in headers])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    paths = [headers[i][0] for i in order]
+    along, positions = along[order], positions[order]
+    steps = np.diff(along)
+
+    duplicate = np.flatnonzero(steps < _SAME_POSITION_MM)
+    if duplicate.size:
+        i = int(duplicate[0])
+        raise InvalidGeometryError(
+            paths[i + 1], f"lies at the same slice position as {paths[i].name} ({along[i]:.3f} mm along the normal): duplicate slices or two acquisitions in one series"
+        )
+    usual = float(np.median(steps))
+    irregular = np.flatnonzero(np.abs(steps - usual) > _STEP_TOLERANCE * usual)
+    if irregular.size:
+        i = int(irregular[0])
+        raise InvalidGeometryError(
+            case.source,
+            f"non-uniform slice spacing along the slice normal: {steps[i]:.3f} mm between {paths[i].name} and "
+            f"{paths[i + 1].name} where the usual step is {usual:.3f} mm (missing slice?)",
+        )
+    shifts = np.diff(positions, axis=0) - np.outer(steps, normal)
+    if np.max(np.linalg.norm(shifts, axis=1)) > _STEP_TOLERANCE * usual:
+        raise InvalidGeometryError(
+            case.source, "slices are shifted in-plane from one to the next (gantry tilt or sheared series); not supported"
+        )
+    return paths
