@@ -21,8 +21,11 @@ Every problem is raised as one :mod:`muscle_pipeline.errors` exception naming th
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
+import logging
+import warnings
 import zlib
 from pathlib import Path
 
@@ -91,7 +94,7 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
         reader = ITKReader()
     with _itk_warnings_off():
         try:
-            image = LoadImage(reader=reader, image_only=True, dtype=np.float32)(data, reader=reader)
+            image = _loader()(data, reader=reader)
         except MusclePipelineError:
             raise
         except Exception as exc:  # ITK raises RuntimeError/IndexError/... with C++ detail
@@ -142,6 +145,25 @@ def _as_case(case_or_path: Case | str | Path) -> Case:
         ids = ", ".join(c.case_id for c in cases)
         raise UnsupportedImageError(path, f"holds {len(cases)} cases ({ids}); read them one by one via discover()")
     return cases[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _loader() -> LoadImage:
+    """One MONAI LoadImage for the process; every call passes its reader explicitly.
+
+    Built once because constructing LoadImage instantiates all of MONAI's default readers, and
+    MONAI 1.6's GPU DICOM reader logs a warning each time when nvImageCodec is absent (CPU
+    machines), which would clutter every read.
+    """
+    plugin_logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_logger.level
+    plugin_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            return LoadImage(reader=ITKReader(), image_only=True, dtype=np.float32)
+    finally:
+        plugin_logger.setLevel(level)
 
 
 @contextlib.contextmanager
