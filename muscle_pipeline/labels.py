@@ -9,6 +9,12 @@ Bases: 1–35 the 35 lower-limb muscles of Ni et al. (2019); 36–49 finer muscl
 grouped Ni entry (``parent``); 50–59 bones; 60–69 trunk muscles (and TotalSegmentator's
 iliopsoas); 70–79 tissues; 80–89 coarse muscle groups that other tools label as one structure
 (``covers`` lists what they contain).
+
+Other tools' names for a value: ``label(v).aliases`` and ``find_by_alias(name, tool)`` (tools:
+``totalsegmentator``, ``musclemap``, ``qmritools``). Label tables for viewers: ``to_json``,
+``to_itksnap``, ``to_slicer`` and ``write_label_tables(folder, values)``; ``read_label_table`` reads
+any of them (and other ITK-SNAP / Slicer tables) back. Source datasets' own numbers are mapped to
+ontology names by ``muscle_pipeline.datasets``.
 """
 from __future__ import annotations
 
@@ -177,6 +183,8 @@ STRUCTURES: tuple[Structure, ...] = (
     Structure(71, "skin", "Skin", "tissue", "body", None, sided=False),
     Structure(72, "intermuscular_fat", "Intermuscular fat", "tissue", "body", None, sided=False),
     # --- coarse muscle groups other tools label as one structure (TotalSegmentator, MuscleMap) ---
+    # ``covers`` follows the anatomical compartments; which small muscles the other tools' annotators
+    # put in (pectineus in the medial thigh, popliteus in the deep posterior leg) is not documented.
     _m(80, "gastrocnemius", "Gastrocnemius (both heads)", "leg", "posterior_leg_superficial",
        covers=("gastrocnemius_medial_head", "gastrocnemius_lateral_head")),
     _m(81, "leg_anterior_compartment", "Anterior compartment of the leg", "leg", "anterolateral_leg",
@@ -198,6 +206,7 @@ NI_MUSCLES: tuple[str, ...] = tuple(s.name for s in STRUCTURES if 1 <= s.base <=
 # tissues from warm tones), then frozen here so a colour never changes when entries are added.
 # The left colour is the right one's hue and chroma, 26 L* darker, so a viewer shows a pair as
 # related but distinct. Smallest CIEDE2000 distance between any two labels (and background): 6.4.
+# A new structure needs an entry here, more than 5 CIEDE2000 from every other colour (tested).
 _COLOURS: dict[str, tuple[tuple[int, int, int], ...]] = {
     'gluteus_maximus': ((199, 249, 99), (125, 176, 17)),
     'gluteus_medius': ((255, 181, 223), (183, 112, 152)),
