@@ -1,0 +1,214 @@
+"""A bundle's trained cascade: load it and segment one right-leg-looking crop.
+
+Contract with the segment job: the input is ONE leg (left legs already mirrored to look like right
+legs), a ``MetaTensor`` (1, X, Y, Z) whose affine maps voxels to RAS mm; the output is a uint8 label
+map (X, Y, Z) on the same grid with RIGHT-side ontology values (the job adds +100 for a left leg).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Orientation, SpatialResample, Spacing
+
+from .. import labels as ontology
+from .boxes import BoxPriors, WorldBox
+from .fuse import fuse_local_probabilities
+from .localize import Localizer
+from .refine import Refiner
+
+__all__ = ["CascadeModel", "load_cascade", "bundle_path", "read_bundle_config", "right_value"]
+
+log = logging.getLogger(__name__)
+
+_REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+
+
+def bundle_path(bundle: str | os.PathLike) -> Path:
+    """A bundle folder from a name (``"calf_mri"``) or a path.
+
+    Names are looked up in ``$MUSCLE_PIPELINE_BUNDLES``, then the repository's ``bundles/``, then
+    the installed package's ``muscle_pipeline/data/bundles``.
+    """
+    p = Path(bundle)
+    if (p / "configs").is_dir():
+        return p.resolve()
+    roots = [Path(r) for r in os.environ.get("MUSCLE_PIPELINE_BUNDLES", "").split(os.pathsep) if r]
+    roots += [_REPO_BUNDLES, Path(__file__).resolve().parents[1] / "data" / "bundles"]
+    for root in roots:
+        if (root / str(bundle) / "configs").is_dir():
+            return (root / str(bundle)).resolve()
+    raise FileNotFoundError(f"no bundle {bundle!r} (looked in {', '.join(str(r) for r in roots)})")
+
+
+def read_bundle_config(bundle: str | os.PathLike, name: str = "inference.json") -> ConfigParser:
+    root = bundle_path(bundle)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / name))
+    parser["bundle_root"] = str(root)
+    return parser
+
+
+def right_value(structure_name: str) -> int:
+    """Ontology value of a structure's RIGHT side (the base value)."""
+    s = ontology.structure(structure_name)
+    return ontology.value_of(f"{structure_name}_right" if s.sided else structure_name)
+
+
+def groups_for(structures: list[str], overrides: dict | None = None) -> dict[str, list[str]]:
+    """Stage-1 groups: ``overrides`` (group → structures) first, then each structure's ontology group."""
+    groups: dict[str, list[str]] = {g: list(ms) for g, ms in (overrides or {}).items()}
+    placed = {m for ms in groups.values() for m in ms}
+    for m in structures:
+        if m in placed:
+            continue
+        g = ontology.structure(m).group or m
+        groups.setdefault(g, []).append(m)
+    return groups
+
+
+class CascadeModel:
+    """Stage 1 (localise) → stage 2 (refine per muscle) → fusion → post-processing.
+
+    Use :func:`load_cascade` to build one from a bundle. ``predict`` takes any RAS affine (flipped,
+    permuted, any spacing); the image is reoriented and resampled to the model's spacings inside
+    and the result is resampled back onto the input grid.
+    """
+
+    def __init__(self, structures: list[str], modality: str, localizer: Localizer, refiner: Refiner,
+                 stage1_spacing, stage2_spacing, intensity, bias_correction=None, threshold: float = 0.5,
+                 postprocess: bool = True, closing_radius: int = 1):
+        self.structures = list(structures)
+        self.modality = modality
+        self.localizer, self.refiner = localizer, refiner
+        self.stage1_spacing = tuple(float(v) for v in stage1_spacing)
+        self.stage2_spacing = tuple(float(v) for v in stage2_spacing)
+        self.intensity = intensity
+        self.bias_correction = bias_correction
+        self.threshold = threshold
+        self.postprocess = postprocess
+        self.closing_radius = closing_radius
+
+    @property
+    def values(self) -> dict[str, int]:
+        return {m: right_value(m) for m in self.structures}
+
+    # --- preprocessing -------------------------------------------------------------------------
+    def preprocess(self, image: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
+        """(1, X, Y, Z) input → (stage-1 image, stage-2 image), both RAS-oriented and normalised."""
+        image = _as_meta(image)
+        img2 = Orientation(axcodes="RAS")(image)
+        img2 = Spacing(pixdim=self.stage2_spacing, mode="bilinear")(img2)
+        if self.bias_correction is not None:
+            img2 = self.bias_correction(img2)
+        img2 = self.intensity(img2)
+        img1 = Spacing(pixdim=self.stage1_spacing, mode="bilinear")(img2)
+        return _as_meta(img1), _as_meta(img2)
+
+    # --- prediction ----------------------------------------------------------------------------
+    def _local_probabilities(self, image: MetaTensor, progress: bool):
+        img1, img2 = self.preprocess(image)
+        world_boxes = self.localizer.boxes(img1)
+        shape2 = tuple(img2.shape[1:])
+        boxes2 = {m: world_boxes[m].to_voxels(np.asarray(img2.affine), shape2) for m in self.structures}
+        items = self.refiner.refine(img2, boxes2, progress=progress)
+        return items, np.asarray(img2.affine, float)
+
+    def predict(self, image: MetaTensor, progress: bool = False) -> MetaTensor:
+        """(1, X, Y, Z) image with RAS affine → (X, Y, Z) uint8 labels (right-side values) on its grid."""
+        image = _as_meta(image)
+        target_affine = np.asarray(image.affine, float)
+        target_shape = tuple(image.shape[1:])
+        items, affine2 = self._local_probabilities(image, progress)
+        labels = fuse_local_probabilities(items, self.values, affine2, target_affine, target_shape, self.threshold)
+        if self.postprocess:
+            labels = clean_labels(labels.numpy(), target_affine, self.closing_radius)
+            labels = torch.as_tensor(labels, dtype=torch.uint8)
+        return MetaTensor(labels, affine=torch.as_tensor(target_affine), meta={k: v for k, v in image.meta.items()
+                                                                               if k not in ("affine",)})
+
+    def predict_proba(self, image: MetaTensor) -> MetaTensor:
+        """(1, X, Y, Z) → (M, X, Y, Z) float probabilities on the input grid, channels in ``structures`` order."""
+        image = _as_meta(image)
+        target_affine = np.asarray(image.affine, float)
+        target_shape = tuple(image.shape[1:])
+        items, affine2 = self._local_probabilities(image, False)
+        out = torch.zeros((len(self.structures), *target_shape))
+        resample = SpatialResample(mode="bilinear", padding_mode="zeros")
+        for item in items:
+            src = MetaTensor(item.prob[None].float(), affine=torch.as_tensor(item.box.affine_of_crop(affine2)))
+            out[self.structures.index(item.muscle)] = resample(
+                src, dst_affine=torch.as_tensor(target_affine), spatial_size=target_shape)[0].as_tensor()
+        return MetaTensor(out, affine=torch.as_tensor(target_affine))
+
+    def segment_file(self, image_path: str, output_path: str) -> str:
+        """Read one leg image, predict, write the label map (NIfTI) on the input grid."""
+        from monai.transforms import LoadImage, SaveImage
+
+        image = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(image_path)
+        labels = self.predict(image)
+        out = Path(output_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        saver = SaveImage(output_dir=str(out.parent), output_postfix="", separate_folder=False,
+                          output_dtype=np.uint8, resample=False, print_log=False)
+        labels.meta["filename_or_obj"] = out.name.replace(".nii.gz", "").replace(".nii", "")
+        saver(labels[None])
+        return str(out)
+
+
+def clean_labels(labels: np.ndarray, affine, closing_radius: int = 1) -> np.ndarray:
+    """Largest component, closing and hole filling per label (``muscle_pipeline.postprocess``)."""
+    try:
+        from ..postprocess import clean_label_map
+    except ImportError:  # the postprocess module has not landed: keep each label's largest component
+        import cc3d
+
+        out = np.zeros_like(labels)
+        for v in np.unique(labels):
+            if v == 0:
+                continue
+            out[cc3d.largest_k(labels == v, k=1, connectivity=26) > 0] = v
+        return out
+    result = clean_label_map(labels, closing_radius=closing_radius) if closing_radius else clean_label_map(labels)
+    return np.asarray(result)
+
+
+def _as_meta(image) -> MetaTensor:
+    if isinstance(image, MetaTensor):
+        return image if image.dtype == torch.float32 else image.float()
+    return MetaTensor(torch.as_tensor(image, dtype=torch.float32))
+
+
+def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu") -> CascadeModel:
+    """Build the trained cascade of a bundle (name such as ``"calf_mri"`` or a folder path)."""
+    parser = read_bundle_config(bundle)
+    root = Path(parser["bundle_root"])
+    models = root / "models"
+    meta = json.loads((models / "cascade.json").read_text())
+    structures = list(parser["structures"])
+    priors = BoxPriors.from_dict(meta["priors"])
+    stage1 = parser.get_parsed_content("stage1_network")
+    stage1.load_state_dict(torch.load(models / "stage1.pt", map_location="cpu", weights_only=True))
+    localizer = Localizer(stage1.to(device), priors, parser["stage1_roi"], sw_batch_size=parser.get("sw_batch_size", 2),
+                          overlap=parser.get("overlap", 0.25), threshold=parser.get("stage1_threshold", 0.5),
+                          margin_mm=parser.get("box_margin_mm", 6.0))
+    make_stage2 = parser.get_parsed_content("stage2_network")  # "_mode_": "callable" → a factory
+    networks = {}
+    for m in structures:
+        net = make_stage2()
+        net.load_state_dict(torch.load(models / f"stage2_{m}.pt", map_location="cpu", weights_only=True))
+        networks[m] = net.to(device)
+    refiner = Refiner(networks, meta["patch_sizes"], n_jitter=parser.get("n_jitter", 6),
+                      ratio_range=parser.get("jitter_ratio_range", (1.0, 1.8)), overlap=parser.get("overlap", 0.25),
+                      sw_batch_size=max(2, parser.get("n_jitter", 6)), seed=parser.get("seed", 0))
+    bias = parser.get_parsed_content("bias_correction") if parser.get("bias_correction") else None
+    return CascadeModel(structures, parser["modality"], localizer, refiner, parser["stage1_spacing"],
+                        parser["stage2_spacing"], parser.get_parsed_content("intensity"), bias,
+                        threshold=parser.get("fusion_threshold", 0.5), postprocess=parser.get("postprocess", True),
+                        closing_radius=parser.get("closing_radius", 1))

@@ -1,0 +1,326 @@
+"""Training of a bundle's cascade (stage 1 and the per-muscle stage-2 models).
+
+Cases are right-leg-looking crops: a left side is mirrored by reflecting the world x axis of its
+affine (the array is untouched; the cascade reorients to RAS, so the anatomy then looks like a
+right leg) and its label values are mapped to the right-side (base) values.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.losses import DiceCELoss
+from monai.transforms import LoadImage, Orientation, RandSpatialCropd, Spacing, SpatialPadd
+from monai.utils import set_determinism
+
+from .. import labels as ontology
+from .boxes import Box, BoxPriors, box_from_mask
+from .model import groups_for, read_bundle_config, right_value
+
+__all__ = ["mirror_world_x", "load_case", "split_sides", "prepare_case", "CascadeTrainer"]
+
+log = logging.getLogger(__name__)
+
+REFLECT_X = np.diag([-1.0, 1.0, 1.0, 1.0])
+
+
+def mirror_world_x(image: MetaTensor) -> MetaTensor:
+    """Reflect world x (left ↔ right) by changing only the affine: a left leg then looks like a right one."""
+    out = image.clone()
+    out.affine = torch.as_tensor(REFLECT_X @ np.asarray(image.affine, float))
+    return out
+
+
+def _structure_of_value(value: int, label_map: dict) -> tuple[str, str | None]:
+    name = label_map[value]
+    if name.endswith("_left"):
+        return name[: -len("_left")], "left"
+    if name.endswith("_right"):
+        return name[: -len("_right")], "right"
+    return name, None
+
+
+def load_case(image_path: str, label_path: str, label_map: dict) -> tuple[MetaTensor, MetaTensor]:
+    """Read an image and its label map; source values → ontology values through ``label_map``.
+
+    ``label_map`` maps source value → ontology name (``"soleus_right"``, ``"femur_left"``, or a
+    side-less name meaning the right side). Unmapped source values become background.
+    """
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    image = loader(image_path).float()
+    source = loader(label_path)
+    src = np.asarray(source[0]).astype(np.int64)
+    out = np.zeros(src.shape, np.uint8)
+    for value, name in {int(k): v for k, v in label_map.items()}.items():
+        structure, side = _structure_of_value(value, {value: name})
+        v = right_value(structure) + (ontology.LEFT_OFFSET if side == "left" else 0)
+        out[src == value] = v
+    labels = MetaTensor(torch.as_tensor(out[None]), affine=source.affine, meta=dict(source.meta))
+    return image, labels
+
+
+def split_sides(image: MetaTensor, labels: MetaTensor) -> list[tuple[MetaTensor, MetaTensor]]:
+    """Split a two-sided case at the world-x midline between right- and left-labelled voxels.
+
+    Returns ``[right, left_mirrored]``, each a right-leg-looking (image, labels) pair with
+    right-side values. The midline is the mean of the right and left label centroids' x (mm).
+    """
+    lab = np.asarray(labels[0])
+    affine = np.asarray(image.affine, float)
+    idx = np.argwhere(lab > 0)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    vals = lab[tuple(idx.T)]
+    left = vals > ontology.LEFT_OFFSET
+    midline = (world[~left, 0].mean() + world[left, 0].mean()) / 2
+    # world x of every index along each array axis: find the axis that carries x
+    x_axis = int(np.argmax(np.abs(affine[0, :3])))
+    coords = affine[0, x_axis] * np.arange(image.shape[1 + x_axis]) + affine[0, 3]
+    out = []
+    for keep_right in (True, False):
+        sel = coords > midline if keep_right else coords <= midline
+        sl = [slice(None)] * 4
+        hits = np.nonzero(sel)[0]
+        sl[1 + x_axis] = slice(int(hits.min()), int(hits.max()) + 1)
+        start = [0, 0, 0]
+        start[x_axis] = int(hits.min())
+        crop_affine = Box(tuple(start), (0, 0, 0)).affine_of_crop(affine)
+        img = MetaTensor(image[tuple(sl)].as_tensor().clone(), affine=torch.as_tensor(crop_affine))
+        lb = np.asarray(labels[tuple(sl)]).copy()
+        if keep_right:
+            lb[lb > ontology.LEFT_OFFSET] = 0  # strays of the other side
+        else:
+            lb[(lb > 0) & (lb < ontology.LEFT_OFFSET)] = 0
+            lb[lb > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
+        lbl = MetaTensor(torch.as_tensor(lb), affine=torch.as_tensor(crop_affine))
+        if not keep_right:
+            img, lbl = mirror_world_x(img), mirror_world_x(lbl)
+        out.append((img, lbl))
+    return out
+
+
+def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
+    """Bring a (right-looking) case to the cascade's two grids with its preprocessing."""
+    img2 = Spacing(pixdim=cascade["stage2_spacing"], mode="bilinear")(Orientation(axcodes="RAS")(image))
+    lab2 = Spacing(pixdim=cascade["stage2_spacing"], mode="nearest")(Orientation(axcodes="RAS")(labels))
+    if cascade.get("bias_correction") is not None:
+        img2 = cascade["bias_correction"](img2)
+    img2 = cascade["intensity"](img2)
+    img1 = Spacing(pixdim=cascade["stage1_spacing"], mode="bilinear")(img2)
+    lab1 = Spacing(pixdim=cascade["stage1_spacing"], mode="nearest")(lab2)
+    return {"image2": img2.float(), "label2": lab2, "image1": img1.float(), "label1": lab1}
+
+
+def _round_up(v: float, d: int) -> int:
+    return int(math.ceil(v / d) * d)
+
+
+class CascadeTrainer:
+    """Trains a bundle's stage 1 and stage 2 from a list of labelled cases; writes ``models/``.
+
+    Args:
+        bundle: bundle name or folder (its ``configs/inference.json`` defines structures,
+            spacings, networks, intensity preprocessing).
+        dataset: list of ``{"image", "label", "label_map", "sides"}`` (``sides``: ``"right"``,
+            ``"left"`` (mirrored), or ``"both"`` (split at the midline, left mirrored)).
+        augmentation_stage1 / augmentation_stage2: MONAI dict transforms on keys image/label.
+        patch_scale: stage-2 patch = mean training box shape × this, rounded up to the divisor.
+    """
+
+    def __init__(self, bundle, dataset: list[dict], augmentation_stage1=None, augmentation_stage2=None,
+                 stage1_iterations: int = 300, stage2_iterations: int = 300, batch_size: int = 2, lr: float = 1e-3,
+                 patch_scale: float = 1.4, max_patch=(96, 96, 64), crop_ratio_range=(1.0, 1.8), divisor: int = 4,
+                 seed: int = 0, device: str = "cpu", output_dir: str | None = None, num_threads: int = 2):
+        self.parser = read_bundle_config(bundle)
+        self.root = Path(self.parser["bundle_root"])
+        self.output_dir = Path(output_dir) if output_dir else self.root / "models"
+        self.dataset = dataset
+        self.aug1, self.aug2 = augmentation_stage1, augmentation_stage2
+        self.stage1_iterations, self.stage2_iterations = int(stage1_iterations), int(stage2_iterations)
+        self.batch_size, self.lr = int(batch_size), float(lr)
+        self.patch_scale, self.max_patch = float(patch_scale), tuple(max_patch)
+        self.crop_ratio_range = tuple(crop_ratio_range)
+        self.divisor = int(divisor)
+        self.seed, self.device = int(seed), torch.device(device)
+        torch.set_num_threads(int(num_threads))
+        self.structures = list(self.parser["structures"])
+        self.groups = groups_for(self.structures, self.parser.get("groups"))
+        self.cascade = {
+            "stage1_spacing": self.parser["stage1_spacing"],
+            "stage2_spacing": self.parser["stage2_spacing"],
+            "intensity": self.parser.get_parsed_content("intensity"),
+            "bias_correction": self.parser.get_parsed_content("bias_correction") if self.parser.get("bias_correction") else None,
+        }
+        self._cases = None
+
+    # --- data ----------------------------------------------------------------------------------
+    @property
+    def cases(self) -> list[dict]:
+        if self._cases is None:
+            self._cases = []
+            for entry in self.dataset:
+                if "cases" in entry:  # already-loaded (image, labels) pairs, e.g. phantoms in tests
+                    pairs = entry["cases"]
+                else:
+                    image, labels = load_case(entry["image"], entry["label"], entry["label_map"])
+                    sides = entry.get("sides", "right")
+                    if sides == "both":
+                        pairs = split_sides(image, labels)
+                    elif sides == "left":
+                        lab = np.asarray(labels).copy()
+                        lab[lab > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
+                        pairs = [(mirror_world_x(image), mirror_world_x(MetaTensor(torch.as_tensor(lab), affine=labels.affine)))]
+                    else:
+                        pairs = [(image, labels)]
+                for image, labels in pairs:
+                    self._cases.append(prepare_case(image, labels, self.cascade))
+        return self._cases
+
+    def world_boxes(self, case: dict) -> dict:
+        lab = np.asarray(case["label2"][0])
+        out = {}
+        for m in self.structures:
+            b = box_from_mask(lab == right_value(m))
+            if b is not None:
+                out[m] = b.to_world(np.asarray(case["label2"].affine))
+        return out
+
+    def patch_size(self, muscle: str) -> tuple[int, int, int]:
+        v = right_value(muscle)
+        shapes, extents = [], []
+        for c in self.cases:
+            b = box_from_mask(np.asarray(c["label2"][0]) == v)
+            if b is not None:
+                shapes.append(b.shape)
+                extents.append(c["label2"].shape[1:])
+        mean = np.mean(shapes, 0) * self.patch_scale
+        cap = np.minimum(np.max(extents, 0), self.max_patch)
+        return tuple(_round_up(max(min(m, c), self.divisor), self.divisor) for m, c in zip(mean, cap))
+
+    # --- stage 1 -------------------------------------------------------------------------------
+    def group_target(self, case: dict) -> torch.Tensor:
+        lab = np.asarray(case["label1"][0])
+        out = np.zeros(lab.shape, np.int64)
+        for gi, muscles in enumerate(self.groups.values(), start=1):
+            for m in muscles:
+                out[lab == right_value(m)] = gi
+        return torch.as_tensor(out[None])
+
+    def train_stage1(self) -> Path:
+        network = self.parser.get_parsed_content("stage1_network").to(self.device)
+        roi = tuple(self.parser["stage1_roi"])
+        samples = [{"image": c["image1"], "label": MetaTensor(self.group_target(c).float(), affine=c["image1"].affine)}
+                   for c in self.cases]
+        pad, crop = SpatialPadd(["image", "label"], roi), RandSpatialCropd(["image", "label"], roi, random_size=False)
+
+        def sample(rng):
+            d = dict(samples[rng.integers(len(samples))])
+            if self.aug1 is not None:
+                d = self.aug1(d)
+            return crop(pad(d))
+
+        self._fit(network, sample, self.stage1_iterations, "stage 1")
+        return self._save(network, "stage1.pt")
+
+    # --- stage 2 -------------------------------------------------------------------------------
+    def train_stage2(self, muscle: str) -> Path:
+        if muscle not in self.structures:
+            raise KeyError(f"{muscle!r} is not one of this bundle's structures {self.structures}")
+        network = self.parser.get_parsed_content("stage2_network")().to(self.device)
+        patch = self.patch_size(muscle)
+        v = right_value(muscle)
+        items = []
+        for c in self.cases:
+            mask = np.asarray(c["label2"][0]) == v
+            box = box_from_mask(mask)
+            if box is not None:
+                items.append((c["image2"], torch.as_tensor(mask[None].astype(np.float32)), box))
+        pad = SpatialPadd(["image", "label"], patch)
+        crop = RandSpatialCropd(["image", "label"], patch, random_size=False)
+        from .boxes import enlarge_box
+
+        def sample(rng):
+            image, mask, box = items[rng.integers(len(items))]
+            shape = tuple(image.shape[1:])
+            enlarged = enlarge_box(box, shape, rng, self.crop_ratio_range)
+            # crop with a context margin so rotations/elastic warps pull in real tissue, not zeros
+            margin = [max(2, s // 4) for s in enlarged.shape]
+            outer = Box(tuple(a - m for a, m in zip(enlarged.start, margin)),
+                        tuple(b + m for b, m in zip(enlarged.stop, margin))).clip(shape)
+            d = {"image": image[(slice(None), *outer.slices)].as_tensor().clone(),
+                 "label": mask[(slice(None), *outer.slices)].clone()}
+            if self.aug2 is not None:
+                d = self.aug2(d)
+            inner = tuple(slice(a - o, b - o) for a, b, o in zip(enlarged.start, enlarged.stop, outer.start))
+            d = {k: torch.as_tensor(x)[(slice(None), *inner)] for k, x in d.items()}
+            return crop(pad(d))
+
+        self._fit(network, sample, self.stage2_iterations, f"stage 2 {muscle} patch {patch}")
+        self._update_meta(patch_sizes={muscle: list(patch)})
+        return self._save(network, f"stage2_{muscle}.pt")
+
+    def fit_priors(self) -> BoxPriors:
+        priors = BoxPriors.fit([self.world_boxes(c) for c in self.cases], self.groups)
+        self._update_meta(priors=priors.to_dict())
+        return priors
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _fit(self, network, sample, iterations: int, what: str):
+        set_determinism(self.seed)
+        rng = np.random.default_rng(self.seed)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        opt = torch.optim.Adam(network.parameters(), lr=self.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
+        network.train()
+        t0, running = time.time(), []
+        for it in range(iterations):
+            batch = [sample(rng) for _ in range(self.batch_size)]
+            x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(self.device)
+            y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).round().long().to(self.device)
+            opt.zero_grad()
+            loss = loss_fn(network(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running.append(float(loss))
+            if (it + 1) % 50 == 0 or it + 1 == iterations:
+                log.info("%s: iteration %d/%d loss %.4f (%.0f s)", what, it + 1, iterations,
+                         float(np.mean(running[-50:])), time.time() - t0)
+        network.eval()
+        set_determinism(None)
+
+    def _save(self, network, name: str) -> Path:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / name
+        torch.save(network.state_dict(), path)
+        return path
+
+    def _update_meta(self, **entries):
+        path = self.output_dir / "cascade.json"
+        meta = json.loads(path.read_text()) if path.exists() else {}
+        for k, v in entries.items():
+            if isinstance(v, dict) and isinstance(meta.get(k), dict) and k == "patch_sizes":
+                meta[k].update(v)
+            else:
+                meta[k] = v
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(meta, indent=1))
+
+    def run(self, stage: int | str = "all", muscle: str | None = None) -> list[Path]:
+        """Train: ``stage`` 1, 2 (all muscles, or only ``muscle``) or ``"all"``; returns written files."""
+        written = []
+        stage = str(stage)
+        if stage in ("1", "all"):
+            self.fit_priors()
+            written.append(self.train_stage1())
+        if stage in ("2", "all"):
+            if not (self.output_dir / "cascade.json").exists():
+                self.fit_priors()
+            for m in [muscle] if muscle else self.structures:
+                written.append(self.train_stage2(m))
+        return written
