@@ -1,0 +1,130 @@
+"""Post-processing on constructed label maps where the right answer is obvious by construction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from muscle_pipeline.postprocess import (
+    CleanLabelMap,
+    CleanLabelMapd,
+    ball_mm,
+    clean_label_map,
+    close_labels,
+    fill_label_holes,
+    keep_largest_component,
+)
+
+ISO = (1.0, 1.0, 1.0)
+
+
+def _empty(shape=(30, 30, 30), dtype=np.uint8):
+    return np.zeros(shape, dtype)
+
+
+def test_stray_island_removed_per_label():
+    labels = _empty()
+    labels[5:15, 5:15, 5:15] = 1  # main body of label 1
+    labels[25:27, 25:27, 25:27] = 1  # stray island of label 1 (8 voxels)
+    labels[20:22, 2:4, 2:4] = 2  # label 2: a single small component, smaller than the island
+    out = clean_label_map(labels, ISO, closing_mm=0, fill_holes=False)
+    assert np.all(out[25:27, 25:27, 25:27] == 0)
+    assert np.array_equal(out[5:15, 5:15, 5:15], labels[5:15, 5:15, 5:15])
+    assert np.all(out[20:22, 2:4, 2:4] == 2)
+    assert np.count_nonzero(out) == 1000 + 8
+
+
+def test_connectivity_parameter():
+    labels = _empty()
+    labels[5:10, 5:10, 5:10] = 1
+    labels[10:12, 10:12, 10:12] = 1  # touches the big cube only at a corner
+    assert np.count_nonzero(keep_largest_component(labels, connectivity=26)) == 125 + 8
+    assert np.count_nonzero(keep_largest_component(labels, connectivity=6)) == 125
+
+
+def test_hole_filled_unless_it_holds_another_label():
+    labels = _empty()
+    labels[5:15, 5:15, 5:15] = 1
+    labels[8:10, 8:10, 8:10] = 0  # empty cavity: a hole
+    labels[11:14, 11:14, 11:14] = 0  # second cavity, with another structure inside
+    labels[12, 12, 12] = 3
+    out = fill_label_holes(labels)
+    assert np.all(out[8:10, 8:10, 8:10] == 1)
+    assert out[12, 12, 12] == 3
+    assert np.count_nonzero(out[11:14, 11:14, 11:14] == 0) == 26  # that cavity stays open
+
+
+def test_gap_closed_in_mm_respecting_spacing():
+    labels = _empty()
+    labels[5:25, 5:25, 5:12] = 1
+    labels[5:25, 5:25, 13:20] = 1  # 1-voxel gap along z at index 12
+    labels[5:25, 5:7, 12] = 1  # a bridge, so both slabs are one component
+    out = clean_label_map(labels, ISO, closing_mm=2.0, fill_holes=False)
+    assert np.all(out[6:24, 6:24, 12] == 1)
+    # with 5 mm slices a 2 mm ball has no extent along z, so that gap (5 mm) stays open
+    thick = clean_label_map(labels, (1.0, 1.0, 5.0), closing_mm=2.0, fill_holes=False)
+    assert np.all(thick[10:20, 10:20, 12] == 0)
+
+
+def test_ball_in_mm_is_an_ellipsoid_in_voxels():
+    assert ball_mm(2.0, (1.0, 1.0, 1.0)).shape == (5, 5, 5)
+    assert ball_mm(2.0, (1.0, 0.5, 5.0)).shape == (5, 9, 1)
+    assert ball_mm(2.0, ISO).sum() == 33  # offsets with |d|² ≤ 4: 1 + 6 + 12 + 8 + 6
+
+
+def test_other_labels_never_overwritten():
+    labels = _empty()
+    labels[5:25, 5:25, 5:12] = 1
+    labels[5:25, 5:25, 13:20] = 1
+    labels[5:25, 5:7, 12] = 1
+    labels[10:15, 10:15, 12] = 2  # another muscle sits in the gap
+    labels[16, 16, 8] = 4  # ... and a speck inside label 1's body
+    out = clean_label_map(labels, ISO, closing_mm=3.0)
+    assert np.all(out[10:15, 10:15, 12] == 2)
+    assert out[16, 16, 8] == 4
+    changed = out != labels
+    assert np.all(labels[changed] == 0), "only background voxels may change label"
+
+
+def test_no_label_created_or_lost_and_dtype_kept():
+    rng = np.random.default_rng(3)
+    for dtype in (np.uint8, np.int16, np.int64):
+        labels = rng.choice(np.array([0, 0, 0, 5, 7, 105], dtype), size=(24, 24, 16))
+        out = clean_label_map(labels, (1.2, 1.2, 3.0), closing_mm=2.5)
+        assert out.dtype == dtype
+        assert set(np.unique(out)) == set(np.unique(labels))
+
+
+def test_types_and_metadata_preserved():
+    affine = torch.diag(torch.tensor([1.0, 1.0, 5.0, 1.0]))
+    labels = _empty(dtype=np.int16)
+    labels[5:15, 5:15, 5:15] = 3
+    labels[20, 20, 20] = 3
+    meta = MetaTensor(torch.from_numpy(labels), affine=affine, meta={"filename_or_obj": "case.nii.gz"})
+    out = clean_label_map(meta)  # spacing from the affine
+    assert isinstance(out, MetaTensor) and out.dtype == torch.int16
+    assert torch.equal(out.affine, meta.affine) and out.meta["filename_or_obj"] == "case.nii.gz"
+    assert out[20, 20, 20] == 0
+
+    as_tensor = clean_label_map(torch.from_numpy(labels), ISO)
+    assert type(as_tensor) is torch.Tensor and as_tensor.dtype == torch.int16
+
+
+def test_closing_needs_spacing():
+    with pytest.raises(ValueError, match="spacing"):
+        clean_label_map(_empty(), closing_mm=2.0)
+    assert np.array_equal(close_labels(_empty(), (5.0, 5.0, 5.0), 2.0), _empty())
+
+
+def test_monai_transform_pair_on_channel_first_maps():
+    labels = _empty()
+    labels[5:15, 5:15, 5:15] = 1
+    labels[8:10, 8:10, 8:10] = 0
+    labels[25, 25, 25] = 1
+    image = MetaTensor(torch.from_numpy(labels[None]), affine=torch.eye(4))
+    out = CleanLabelMap()(image)
+    assert isinstance(out, MetaTensor) and out.shape == (1, 30, 30, 30)
+    assert out[0, 25, 25, 25] == 0 and torch.all(out[0, 8:10, 8:10, 8:10] == 1)
+    d = CleanLabelMapd(keys="label", closing_mm=0)({"label": image, "image": "untouched"})
+    assert torch.equal(d["label"], out) and d["image"] == "untouched"
