@@ -228,6 +228,7 @@ def _short_hash(text: str) -> str:
 
 
 def _dicom_case(members: list[tuple[Path, pydicom.Dataset]]) -> Case:
+    """Case of one series; id = readable header fields + a short hash of the SeriesInstanceUID."""
     paths = tuple(path for path, _ in members)
     first = members[0][1]
     series_uid = str(first.get("SeriesInstanceUID", "") or "") or None
@@ -240,17 +241,25 @@ def _dicom_case(members: list[tuple[Path, pydicom.Dataset]]) -> Case:
         _clean(description or ""),
     ]
     readable = "_".join(p for p in parts if p) or _clean(modality or "dicom")
-    # The hash makes the id unique per series; without a UID the folder name and the file
-    # names identify it (stable across runs and across moving the parent folder).
-    identity = series_uid or "\n".join([paths[0].parent.name, *sorted(p.name for p in paths)])
     return Case(
-        case_id=f"{readable}_{_short_hash(identity)}",
+        case_id=f"{readable}_{_short_hash(series_uid or _series_fingerprint([h for _, h in members]))}",
         paths=paths,
         format="dicom",
         series_uid=series_uid,
         modality=modality,
         description=description,
     )
+
+
+def _series_fingerprint(headers: list[pydicom.Dataset]) -> str:
+    """Stands in for a blank SeriesInstanceUID (some anonymisers empty it): header content that
+    identifies the series, not file or folder names, so copying or moving it keeps its id."""
+    first = headers[0]
+    keywords = ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesDate", "SeriesTime", "Modality", "SeriesDescription")
+    fields = [str(first.get(keyword, "") or "") for keyword in keywords]
+    instances = sorted(str(h.get("SOPInstanceUID", "") or "") for h in headers)
+    positions = sorted(" ".join(f"{float(v):.3f}" for v in h.get("ImagePositionPatient", []) or []) for h in headers)
+    return "\n".join(fields + instances + positions)
 
 
 def _unique_ids(cases: list[Case]) -> list[Case]:
