@@ -83,7 +83,7 @@ class CascadeModel:
 
     def __init__(self, structures: list[str], modality: str, localizer: Localizer, refiner: Refiner,
                  stage1_spacing, stage2_spacing, intensity, bias_correction=None, threshold: float = 0.5,
-                 postprocess: bool = True, closing_radius: int = 1):
+                 postprocess: bool = True, closing_mm: float = 3.0):
         self.structures = list(structures)
         self.modality = modality
         self.localizer, self.refiner = localizer, refiner
@@ -93,7 +93,7 @@ class CascadeModel:
         self.bias_correction = bias_correction
         self.threshold = threshold
         self.postprocess = postprocess
-        self.closing_radius = closing_radius
+        self.closing_mm = closing_mm
 
     @property
     def values(self) -> dict[str, int]:
@@ -128,7 +128,7 @@ class CascadeModel:
         items, affine2 = self._local_probabilities(image, progress)
         labels = fuse_local_probabilities(items, self.values, affine2, target_affine, target_shape, self.threshold)
         if self.postprocess:
-            labels = clean_labels(labels.numpy(), target_affine, self.closing_radius)
+            labels = clean_labels(labels.numpy(), target_affine, self.closing_mm)
             labels = torch.as_tensor(labels, dtype=torch.uint8)
         return MetaTensor(labels, affine=torch.as_tensor(target_affine), meta={k: v for k, v in image.meta.items()
                                                                                if k not in ("affine",)})
@@ -162,21 +162,12 @@ class CascadeModel:
         return str(out)
 
 
-def clean_labels(labels: np.ndarray, affine, closing_radius: int = 1) -> np.ndarray:
-    """Largest component, closing and hole filling per label (``muscle_pipeline.postprocess``)."""
-    try:
-        from ..postprocess import clean_label_map
-    except ImportError:  # the postprocess module has not landed: keep each label's largest component
-        import cc3d
+def clean_labels(labels: np.ndarray, affine, closing_mm: float = 3.0) -> np.ndarray:
+    """Per label: largest component, closing (``closing_mm``), hole filling (``muscle_pipeline.postprocess``)."""
+    from ..postprocess import clean_label_map
 
-        out = np.zeros_like(labels)
-        for v in np.unique(labels):
-            if v == 0:
-                continue
-            out[cc3d.largest_k(labels == v, k=1, connectivity=26) > 0] = v
-        return out
-    result = clean_label_map(labels, closing_radius=closing_radius) if closing_radius else clean_label_map(labels)
-    return np.asarray(result)
+    spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
+    return np.asarray(clean_label_map(np.asarray(labels, np.uint8), spacing=tuple(spacing), closing_mm=closing_mm))
 
 
 def _as_meta(image) -> MetaTensor:
@@ -185,11 +176,15 @@ def _as_meta(image) -> MetaTensor:
     return MetaTensor(torch.as_tensor(image, dtype=torch.float32))
 
 
-def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu") -> CascadeModel:
-    """Build the trained cascade of a bundle (name such as ``"calf_mri"`` or a folder path)."""
+def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu",
+                 models_dir: str | os.PathLike | None = None) -> CascadeModel:
+    """Build the trained cascade of a bundle (name such as ``"calf_mri"`` or a folder path).
+
+    ``models_dir``: weights folder other than the bundle's ``models/`` (e.g. a fresh training run).
+    """
     parser = read_bundle_config(bundle)
     root = Path(parser["bundle_root"])
-    models = root / "models"
+    models = Path(models_dir) if models_dir is not None else root / "models"
     meta = json.loads((models / "cascade.json").read_text())
     structures = list(parser["structures"])
     priors = BoxPriors.from_dict(meta["priors"])
@@ -211,4 +206,4 @@ def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu") 
     return CascadeModel(structures, parser["modality"], localizer, refiner, parser["stage1_spacing"],
                         parser["stage2_spacing"], parser.get_parsed_content("intensity"), bias,
                         threshold=parser.get("fusion_threshold", 0.5), postprocess=parser.get("postprocess", True),
-                        closing_radius=parser.get("closing_radius", 1))
+                        closing_mm=parser.get("closing_mm", 3.0))

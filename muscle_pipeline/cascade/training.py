@@ -46,22 +46,27 @@ def _structure_of_value(value: int, label_map: dict) -> tuple[str, str | None]:
     return name, None
 
 
-def load_case(image_path: str, label_path: str, label_map: dict) -> tuple[MetaTensor, MetaTensor]:
-    """Read an image and its label map; source values → ontology values through ``label_map``.
+def load_case(image_path: str, label_path: str, label_map: str | dict) -> tuple[MetaTensor, MetaTensor]:
+    """Read an image and its label map; source values → ontology values.
 
-    ``label_map`` maps source value → ontology name (``"soleus_right"``, ``"femur_left"``, or a
-    side-less name meaning the right side). Unmapped source values become background.
+    ``label_map``: a dataset map name of :mod:`muscle_pipeline.datasets` (``"qmritools_calf"``) or
+    a dict source value → ontology name (``"soleus_right"``; a side-less name means the right
+    side). Unmapped source values become background.
     """
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     image = loader(image_path).float()
     source = loader(label_path)
-    src = np.asarray(source[0]).astype(np.int64)
-    out = np.zeros(src.shape, np.uint8)
-    for value, name in {int(k): v for k, v in label_map.items()}.items():
-        structure, side = _structure_of_value(value, {value: name})
-        v = right_value(structure) + (ontology.LEFT_OFFSET if side == "left" else 0)
-        out[src == value] = v
-    labels = MetaTensor(torch.as_tensor(out[None]), affine=source.affine, meta=dict(source.meta))
+    if isinstance(label_map, str):
+        from ..datasets import map_labels
+
+        mapped = np.asarray(map_labels(np.asarray(source[0]).round().astype(np.int64), label_map))
+    else:
+        src = np.asarray(source[0]).round().astype(np.int64)
+        mapped = np.zeros(src.shape, np.uint8)
+        for value, name in label_map.items():
+            structure, side = _structure_of_value(int(value), {int(value): name})
+            mapped[src == int(value)] = right_value(structure) + (ontology.LEFT_OFFSET if side == "left" else 0)
+    labels = MetaTensor(torch.as_tensor(mapped.astype(np.uint8)[None]), affine=source.affine, meta=dict(source.meta))
     return image, labels
 
 
@@ -135,7 +140,8 @@ class CascadeTrainer:
     def __init__(self, bundle, dataset: list[dict], augmentation_stage1=None, augmentation_stage2=None,
                  stage1_iterations: int = 300, stage2_iterations: int = 300, batch_size: int = 2, lr: float = 1e-3,
                  patch_scale: float = 1.4, max_patch=(96, 96, 64), crop_ratio_range=(1.0, 1.8), divisor: int = 4,
-                 seed: int = 0, device: str = "cpu", output_dir: str | None = None, num_threads: int = 2):
+                 seed: int = 0, device: str = "cpu", output_dir: str | None = None, num_threads: int = 2,
+                 distributed: bool = False):
         self.parser = read_bundle_config(bundle)
         self.root = Path(self.parser["bundle_root"])
         self.output_dir = Path(output_dir) if output_dir else self.root / "models"
@@ -147,6 +153,10 @@ class CascadeTrainer:
         self.crop_ratio_range = tuple(crop_ratio_range)
         self.divisor = int(divisor)
         self.seed, self.device = int(seed), torch.device(device)
+        # distributed: torch.distributed must be initialised (torchrun + init_process_group); every
+        # rank draws its own random crops, gradients are averaged by DistributedDataParallel, rank 0 writes
+        self.distributed = bool(distributed) and torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
         torch.set_num_threads(int(num_threads))
         self.structures = list(self.parser["structures"])
         self.groups = groups_for(self.structures, self.parser.get("groups"))
@@ -219,10 +229,8 @@ class CascadeTrainer:
         pad, crop = SpatialPadd(["image", "label"], roi), RandSpatialCropd(["image", "label"], roi, random_size=False)
 
         def sample(rng):
-            d = dict(samples[rng.integers(len(samples))])
-            if self.aug1 is not None:
-                d = self.aug1(d)
-            return crop(pad(d))
+            d = crop(pad(dict(samples[rng.integers(len(samples))])))
+            return self.aug1(d) if self.aug1 is not None else d
 
         self._fit(network, sample, self.stage1_iterations, "stage 1")
         return self._save(network, "stage1.pt")
@@ -271,8 +279,11 @@ class CascadeTrainer:
 
     # --- plumbing ------------------------------------------------------------------------------
     def _fit(self, network, sample, iterations: int, what: str):
-        set_determinism(self.seed)
-        rng = np.random.default_rng(self.seed)
+        set_determinism(self.seed + self.rank)
+        rng = np.random.default_rng(self.seed + self.rank)
+        module = network
+        if self.distributed:
+            network = torch.nn.parallel.DistributedDataParallel(network)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         opt = torch.optim.Adam(network.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
@@ -291,16 +302,19 @@ class CascadeTrainer:
             if (it + 1) % 50 == 0 or it + 1 == iterations:
                 log.info("%s: iteration %d/%d loss %.4f (%.0f s)", what, it + 1, iterations,
                          float(np.mean(running[-50:])), time.time() - t0)
-        network.eval()
+        module.eval()
         set_determinism(None)
 
     def _save(self, network, name: str) -> Path:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / name
-        torch.save(network.state_dict(), path)
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(network.state_dict(), path)
         return path
 
     def _update_meta(self, **entries):
+        if self.rank != 0:
+            return
         path = self.output_dir / "cascade.json"
         meta = json.loads(path.read_text()) if path.exists() else {}
         for k, v in entries.items():
