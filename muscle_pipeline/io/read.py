@@ -98,10 +98,13 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
         except MusclePipelineError:
             raise
         except Exception as exc:  # ITK raises RuntimeError/IndexError/... with C++ detail
-            raise CorruptFileError(source, f"ITK cannot read it: {_first_line(exc)}") from None
+            reason = _first_line(exc)
+            if "spacing" in reason.lower():  # e.g. MetaImage "ElementSpacing = 1 0 1"
+                raise InvalidGeometryError(source, f"invalid voxel spacing: {reason}") from None
+            raise CorruptFileError(source, f"ITK cannot read it: {reason}") from None
 
     array, affine = _select_volume(image, source, volume_index)
-    _check_geometry(affine, source)
+    _check_geometry(affine, image.meta.get("spacing"), source)
     _check_finite(array, source)
 
     meta = dict(image.meta)
@@ -264,10 +267,19 @@ def _select_volume(image: MetaTensor, path: Path, volume_index: int | None) -> t
     return array, affine
 
 
-def _check_geometry(affine: np.ndarray, path: Path) -> None:
+def _check_geometry(affine: np.ndarray, itk_spacing, path: Path) -> None:
+    """Refuse zero, negative or non-finite spacing. ITK keeps a negative spacing as it is (e.g.
+    MetaImage ``ElementSpacing = 1 -2 1``), which would silently flip that axis in the affine."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    if not np.all(np.isfinite(affine)) or np.any(spacing <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 0:
-        raise InvalidGeometryError(path, f"voxel spacing {spacing.tolist()} mm is zero or not finite (affine {affine.tolist()})")
+    header_spacing = np.asarray(itk_spacing if itk_spacing is not None else spacing, dtype=np.float64)[:3]
+    if (
+        not np.all(np.isfinite(affine))
+        or not np.all(np.isfinite(header_spacing))
+        or np.any(header_spacing <= 0)
+        or np.any(spacing <= 0)
+        or abs(np.linalg.det(affine[:3, :3])) <= 0
+    ):
+        raise InvalidGeometryError(path, f"voxel spacing {header_spacing.tolist()} mm is zero, negative or not finite")
 
 
 def ordered_series_files(case: Case) -> list[Path]:
