@@ -1,0 +1,167 @@
+"""Evaluation on the real TotalSegmentator CT label map against a perturbed copy of itself, and
+method comparison / pairing / grid checks on small synthetic maps."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from muscle_pipeline.cli import main as cli_main
+from muscle_pipeline.datasets import dataset_map
+from muscle_pipeline.errors import InputError, UnsupportedImageError
+from muscle_pipeline.evaluation import (
+    case_id_of,
+    collect_label_files,
+    compare_methods,
+    evaluate_pairs,
+    pair_cases,
+    read_csv,
+    read_label_map,
+)
+
+TS_SEG = "totalsegmentator/ct_abdomen_pelvis/example_seg_fast_force_split.nii.gz"
+ERODED, SHIFTED = 80, 88  # gluteus_maximus_left, iliopsoas_left in TotalSegmentator's numbering
+
+
+@pytest.fixture(scope="module")
+def ts_case(shared_data, tmp_path_factory):
+    """ref/ct1.nii.gz = the real map; pred/ct1.nii.gz = the same with label 80 eroded by one
+    voxel and label 88 moved 2 voxels along x (only onto background), the rest untouched."""
+    root = tmp_path_factory.mktemp("ts_eval")
+    image = nib.load(str(shared_data / TS_SEG))
+    ref = np.asarray(image.dataobj)
+    pred = ref.copy()
+    eroded_mask = ref == ERODED
+    pred[eroded_mask & ~ndimage.binary_erosion(eroded_mask)] = 0
+    moving = ref == SHIFTED
+    pred[moving] = 0
+    pred[np.roll(moving, 2, axis=0) & ((ref == 0) | moving)] = SHIFTED
+    for folder, data in (("ref", ref), ("pred", pred)):
+        (root / folder).mkdir()
+        nib.save(nib.Nifti1Image(data, image.affine, image.header), str(root / folder / "ct1.nii.gz"))
+    out = root / "out"
+    code = cli_main(
+        ["evaluate", "--pred", str(root / "pred"), "--ref", str(root / "ref"), "-o", str(out),
+         "--dataset", "totalsegmentator_total"]
+    )
+    assert code == 0
+    return {"root": root, "ref": ref, "pred": pred, "out": out, "voxel_ml": float(np.prod(image.header.get_zooms()[:3])) / 1000}
+
+
+def test_dice_below_one_exactly_where_perturbed(ts_case):
+    rows = read_csv(ts_case["out"] / "metrics.csv")
+    present = sorted(int(v) for v in np.unique(ts_case["ref"]) if v != 0)
+    assert [r["label"] for r in rows] == present and {r["case"] for r in rows} == {"ct1"}
+    by_label = {r["label"]: r for r in rows}
+    assert by_label[ERODED]["dice"] < 1 and by_label[SHIFTED]["dice"] < 1
+    for value, row in by_label.items():
+        if value not in (ERODED, SHIFTED):
+            assert row["dice"] == 1.0 and row["asd_mm"] == 0.0 and row["hd95_mm"] == 0.0, value
+
+
+def test_distances_and_volumes_in_mm_and_ml(ts_case):
+    by_label = {r["label"]: r for r in read_csv(ts_case["out"] / "metrics.csv")}
+    eroded, shifted = by_label[ERODED], by_label[SHIFTED]
+    # 3 mm voxels: erosion moves the surface by one voxel, the shift by two (6 mm)
+    assert 0 < eroded["hd95_mm"] <= 3.0 * math.sqrt(3) + 1e-6 and 0 < eroded["asd_mm"] <= 3.0 * math.sqrt(3)
+    assert 0 < shifted["hd95_mm"] <= 6.0 + 1e-6
+    voxel_ml = ts_case["voxel_ml"]
+    assert eroded["volume_ref_ml"] == pytest.approx(np.count_nonzero(ts_case["ref"] == ERODED) * voxel_ml)
+    assert eroded["volume_pred_ml"] == pytest.approx(np.count_nonzero(ts_case["pred"] == ERODED) * voxel_ml)
+    expected_error = (eroded["volume_pred_ml"] - eroded["volume_ref_ml"]) / eroded["volume_ref_ml"] * 100
+    assert eroded["volume_error_pct"] == pytest.approx(expected_error) and expected_error < 0
+    assert eroded["name"] == "gluteus_maximus_left" and shifted["name"] == "iliopsoas_left"
+
+
+def test_summary_and_boxplot_written(ts_case):
+    summary = read_csv(ts_case["out"] / "summary.csv")
+    assert summary[-1]["label"] == "all" and summary[-1]["n"] == len(summary) - 1
+    by_label = {r["label"]: r for r in summary}
+    assert by_label[ERODED]["dice_mean"] < 1 and by_label[1]["dice_mean"] == 1.0
+    assert math.isnan(by_label[1]["dice_sd"])  # one case: no spread
+    with Image.open(ts_case["out"] / "dice_boxplot.png") as png:
+        assert png.format == "PNG" and png.size[0] > 600 and png.size[1] > 300
+        png.verify()
+
+
+# --------------------------------------------------------------------------------------------
+def _write(path: Path, data: np.ndarray, affine=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 4.0, 1.0]) if affine is None else affine), str(path))
+    return path
+
+
+def _phantom(shift: int = 0) -> np.ndarray:
+    labels = np.zeros((24, 24, 12), np.uint8)
+    labels[4 + shift:12 + shift, 4:12, 2:10] = 28  # soleus_right
+    labels[16:22, 4:20, 2:10] = 128  # soleus_left (clear of the shifted right one)
+    return labels
+
+
+def test_grid_mismatch_names_both_files(tmp_path):
+    ref = _write(tmp_path / "ref.nii.gz", _phantom())
+    moved = np.diag([1.5, 1.5, 4.0, 1.0])
+    moved[0, 3] = 10.0
+    pred = _write(tmp_path / "pred.nii.gz", _phantom(), moved)
+    with pytest.raises(InputError) as err:
+        evaluate_pairs([(pred, ref)])
+    assert "pred.nii.gz" in str(err.value) and "ref.nii.gz" in str(err.value) and "grid" in str(err.value)
+    cropped = _write(tmp_path / "small.nii.gz", _phantom()[:20])
+    with pytest.raises(InputError, match="shape"):
+        evaluate_pairs([(cropped, ref)])
+
+
+def test_non_integer_map_rejected(tmp_path):
+    path = _write(tmp_path / "prob.nii.gz", np.full((4, 4, 4), 0.5, np.float32))
+    with pytest.raises(UnsupportedImageError, match="integers"):
+        read_label_map(path)
+
+
+def test_pairing_by_case_id_and_pipeline_folders(tmp_path):
+    for case in ("a", "b"):
+        _write(tmp_path / "pred" / case / "segmentation.nii.gz", _phantom())  # pipeline output layout
+        _write(tmp_path / "ref" / f"{case}.nii.gz", _phantom())
+    _write(tmp_path / "ref" / "c.nii.gz", _phantom())
+    assert case_id_of(tmp_path / "pred" / "a" / "segmentation.nii.gz") == "a"
+    preds, refs = collect_label_files(tmp_path / "pred"), collect_label_files(tmp_path / "ref")
+    assert sorted(preds) == ["a", "b"] and sorted(refs) == ["a", "b", "c"]
+    with pytest.raises(InputError, match="c.nii.gz"):
+        pair_cases(preds, refs)
+    pairs = pair_cases(preds, refs, allow_unmatched=True)
+    assert sorted(pairs) == ["a", "b"] and pairs["a"][1] == tmp_path / "ref" / "a.nii.gz"
+    rows = evaluate_pairs(pairs, labels=[28, 128, 5])
+    assert [(r["case"], r["label"]) for r in rows] == [(c, v) for c in "ab" for v in (28, 128, 5)]
+    assert rows[0]["name"] == "soleus_right" and rows[1]["name"] == "soleus_left"
+    assert math.isnan(rows[2]["dice"])  # value 5 is in neither map
+
+
+def test_compare_methods_pairs_cases(tmp_path):
+    methods = {"good": {}, "shifted": {}}
+    for i, case in enumerate(("c1", "c2", "c3")):
+        ref = _write(tmp_path / "ref" / f"{case}.nii.gz", _phantom())
+        methods["good"][case] = (_write(tmp_path / "good" / f"{case}.nii.gz", _phantom()), ref)
+        methods["shifted"][case] = (_write(tmp_path / "shifted" / f"{case}.nii.gz", _phantom(shift=i + 1)), ref)
+    out = tmp_path / "cmp"
+    rows = compare_methods(methods, out_dir=out)
+    assert {r["method"] for r in rows} == {"good", "shifted"} and len(rows) == 2 * 3 * 2
+    tests = {(t["label"]): t for t in read_csv(out / "paired_tests.csv")}
+    # soleus_right: Dice 1 vs (8-k)/8 for k = 1, 2, 3 voxels of shift
+    assert tests[28]["n_pairs"] == 3
+    assert tests[28]["mean_difference"] == pytest.approx(np.mean([1 / 8, 2 / 8, 3 / 8]), abs=1e-6)
+    assert tests[128]["mean_difference"] == 0.0 and math.isnan(tests[128]["wilcoxon_p"])
+    # "all" pairs per-case means over both labels: differences k/8 / 2
+    assert tests["all"]["n_pairs"] == 3
+    assert tests["all"]["mean_difference"] == pytest.approx(np.mean([1 / 16, 2 / 16, 3 / 16]), abs=1e-6)
+    summary = read_csv(out / "comparison_summary.csv")
+    assert [(r["method"], r["label"]) for r in summary] == [
+        (m, v) for m in ("good", "shifted") for v in (28, 128, "all")
+    ]
+    assert (out / "comparison_metrics.csv").is_file()
+    with Image.open(out / "dice_comparison.png") as png:
+        assert png.format == "PNG"
+        png.verify()
