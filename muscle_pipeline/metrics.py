@@ -51,8 +51,7 @@ def spacing_of(image, ndim: int | None = None) -> tuple[float, ...] | None:
 def _single_torch_thread():
     """Run MONAI's metric code on one torch thread: its tensors are small crops, and a thread
     pool only adds synchronisation (Dice and volumes of the 61 labels of the TotalSegmentator
-    example took 0.7 s on
-    one thread, 9.7 s on two, on our busy 2-core machine)."""
+    example took 0.7 s on one thread, 9.7 s on two, on our busy 2-core machine)."""
     previous = torch.get_num_threads()
     if previous != 1:
         torch.set_num_threads(1)
