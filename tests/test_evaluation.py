@@ -12,7 +12,6 @@ from PIL import Image
 from scipy import ndimage
 
 from muscle_pipeline.cli import main as cli_main
-from muscle_pipeline.datasets import dataset_map
 from muscle_pipeline.errors import InputError, UnsupportedImageError
 from muscle_pipeline.evaluation import (
     case_id_of,
