@@ -191,3 +191,35 @@ def test_nrrd_and_metaimage_read_like_the_nifti_they_were_made_from(shared_data,
     np.testing.assert_allclose(np.asarray(from_converted.affine), np.asarray(from_nifti.affine), atol=1e-5)
     np.testing.assert_array_equal(from_converted.numpy(), from_nifti.numpy())
     assert discover(converted)[0].format == {".nrrd": "nrrd", ".mha": "mha", ".mhd": "mha"}[suffix]
+
+
+def test_enhanced_multiframe_dicom_reads_on_the_same_world_grid(dicom_image, shared_data, tmp_path):
+    """The real series converted by highdicom into one Legacy Converted Enhanced CT file
+    (frames in file-name order, i.e. superior to inferior): ITK/GDCM read it as a volume whose
+    voxels sit at the same world positions as the series read slice by slice."""
+    import highdicom
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    slices = []
+    for path in sorted((shared_data / DICOM_SERIES).iterdir()):
+        dataset = pydicom.dcmread(path)
+        dataset.decompress()
+        # The anonymiser blanked identifiers that the enhanced IOD requires.
+        dataset.SOPClassUID = pydicom.uid.CTImageStorage
+        dataset.SOPInstanceUID = generate_uid()
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2"
+        dataset.PatientID, dataset.PatientName, dataset.StudyID, dataset.SeriesNumber = "anon", "anon^", "1", 1
+        slices.append(dataset)
+    enhanced = highdicom.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=slices, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
+    )
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+
+    (case,) = discover(tmp_path)
+    assert case.format == "dicom" and len(case.paths) == 1 and case.modality == "CT"
+    image = read_image(case)
+    assert tuple(image.shape) == (512, 512, 20)
+    index_map = np.linalg.inv(np.asarray(dicom_image.affine)) @ np.asarray(image.affine)
+    np.testing.assert_allclose(index_map, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 19], [0, 0, 0, 1]], atol=1e-6)
+    np.testing.assert_array_equal(image.numpy(), dicom_image.numpy()[..., ::-1])

@@ -84,6 +84,9 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
     """
     case = _as_case(case_or_path)
     source = case.source
+    for path in case.paths:
+        if not path.is_file():
+            raise NoCasesFoundError(path, "does not exist (moved or deleted since discovery?)")
     if case.format == "dicom":
         data: object = [str(p) for p in ordered_series_files(case)]
         reader: ITKReader = DicomSeriesITKReader()
