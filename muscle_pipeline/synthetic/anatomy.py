@@ -404,7 +404,7 @@ class SideAnatomy:
         for m in spec.muscles:
             unlabelled = m.name.startswith("_")
             # per-side variation: size, position, and where the muscle starts and ends
-            size = float(np.clip(rng.normal(1.0, 0.07), 0.85, 1.15))
+            size = float(np.clip(rng.normal(1.0, 0.05), 0.9, 1.1))
             du, dv = rng.normal(0.0, 1.5, size=2)
             z0, z1 = m.z_range
             dz = rng.normal(0.0, 0.015 * span, size=2)

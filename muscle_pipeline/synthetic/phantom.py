@@ -121,7 +121,10 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
     s_subject, s_right, s_left, s_contrast, s_bias, s_real, s_imag = seq.spawn(7)
     subject = _subject(spec, region, np.random.default_rng(s_subject), legs_touching)
     if region == "hip" and legs_touching:
-        spec.outlines[1].u = list(np.asarray(spec.outlines[1].u, float) - 25.0)
+        # widen the proximal thighs medially (lateral skin unchanged) until they meet
+        thighs = spec.outlines[1]
+        thighs.u = list(np.asarray(thighs.u, float) - 15.0)
+        thighs.a = list(np.asarray(thighs.a, float) + 15.0)
     registry = Registry()
     sides = {"right": SideAnatomy(spec, "right", registry, np.random.default_rng(s_right), subject, labelled),
              "left": SideAnatomy(spec, "left", registry, np.random.default_rng(s_left), subject, labelled)}
@@ -139,6 +142,7 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
     body_z_in_world = np.abs(grid.rotation[:, 2])
     z_axis = int(np.argmax([body_z_in_world[int(ornt[i, 0])] for i in range(3)]))
     classes = np.empty(grid.shape, np.uint8)
+    class_counts = np.zeros(256, np.int64)
     for start, stop in grid.slabs(z_axis, max_slab_voxels):
         x, y, z = grid.body_coords(z_axis, start, stop)
         slab = np.empty(x.shape, np.uint8)
@@ -151,6 +155,7 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
         index = [slice(None)] * 3
         index[z_axis] = slice(start, stop)
         classes[tuple(index)] = slab
+        class_counts += np.bincount(flat, minlength=256)
 
     label_lut = registry.lut("label", np.uint8)
     labels = label_lut[classes]
@@ -162,15 +167,16 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
     bias_field = BiasField(bias, half_extent, np.random.default_rng(s_bias)) if modality == "mr" and bias else None
     rng_real, rng_imag = np.random.default_rng(s_real), np.random.default_rng(s_imag)
     image = np.empty(grid.shape, np.float32)
-    for start, stop in grid.slabs(0, 8 * max_slab_voxels):
+    for start, stop in grid.slabs(0, max_slab_voxels):
         slab = intensity_lut[classes[start:stop]]
         if bias_field is not None:
             slab *= bias_field(*grid.body_coords(0, start, stop))
         image[start:stop] = add_noise(slab, modality, noise, rng_real, rng_imag)
 
-    info = _info(region, modality, seed, grid, spec, sides, subject, labels, registry, tissue_values,
+    label_counts = np.bincount(label_lut, weights=class_counts[: len(label_lut)], minlength=256).astype(np.int64)
+    info = _info(region, modality, seed, grid, spec, sides, subject, label_counts, registry, tissue_values,
                  dict(rotation_deg=[float(r) for r in rotation_deg], bias=bias, noise=noise, legs_touching=legs_touching, septum_mm=septum_mm,
-                      muscles=None if muscles is None else sorted(labelled), z_mid=z_mid))
+                      muscles_requested=None if muscles is None else sorted(labelled), z_mid=z_mid))
     return Phantom(_meta(image, grid.affine), _meta(labels, grid.affine), info)
 
 
@@ -216,8 +222,7 @@ def _bone_axis(anat: SideAnatomy, spec, bone_name: str):
     return tuple(d / d[2]), tuple(p0)
 
 
-def _info(region, modality, seed, grid, spec, sides, subject, labels, registry, tissue_values, extra) -> dict:
-    counts = np.bincount(labels.reshape(-1), minlength=256)
+def _info(region, modality, seed, grid, spec, sides, subject, counts, registry, tissue_values, extra) -> dict:
     label_voxels = {ontology.name_of(v): int(c) for v, c in enumerate(counts) if c and v}
     legs = {}
     for side, anat in sides.items():
