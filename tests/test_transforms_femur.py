@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, CopyItemsd, Invertd, LoadImage
 
-from muscle_pipeline.transforms import FemurAxisAlign, FemurAxisAlignd
+from muscle_pipeline.transforms import FemurAxisAlign, FemurAxisAlignd, otsu_body_mask
 from muscle_pipeline.transforms.femur import axis_angle_deg, femur_shaft_axis, principal_axis
 
 torch.set_num_threads(2)
@@ -33,32 +33,47 @@ def make_grid(shape, spacing):
     return affine, index @ affine[:3, :3].T + affine[:3, 3]
 
 
-def add_leg(hu, femur, world, leg_x, axis, head_side):
+CT_CONTRAST = {"air": AIR_HU, "fat": FAT_HU, "muscle": MUSCLE_HU, "cortex": CORTEX_HU, "marrow": MARROW_HU,
+               "head": 400.0}
+# MR: cortical bone is dark in every sequence; marrow and fat are bright on T1 and dark on a
+# water (fat-suppressed) image.
+MR_T1_CONTRAST = {"air": 0.0, "fat": 400.0, "muscle": 220.0, "cortex": 15.0, "marrow": 380.0, "head": 380.0}
+MR_WATER_CONTRAST = {"air": 0.0, "fat": 60.0, "muscle": 250.0, "cortex": 15.0, "marrow": 40.0, "head": 40.0}
+
+
+def add_leg(values, femur, world, leg_x, axis, head_side, contrast=CT_CONTRAST):
     """One thigh (fat ring around muscle, along world z) with a tilted hollow femur + head."""
     radius_leg = np.hypot(world[:, 0] - leg_x, world[:, 1])
-    hu[radius_leg < 80] = FAT_HU
-    hu[radius_leg < 70] = MUSCLE_HU
+    values[radius_leg < 80] = contrast["fat"]
+    values[radius_leg < 70] = contrast["muscle"]
     centre = np.array([leg_x + 10.0, 5.0, 0.0])
     relative = world - centre
     along = relative @ axis
     radial = np.linalg.norm(relative - np.outer(along, axis), axis=1)
     shaft = radial < 13
-    hu[shaft] = CORTEX_HU
-    hu[radial < 9] = MARROW_HU
     # A bulky "head/neck" offset medially at the proximal end pulls a plain PCA off the shaft.
     head = np.linalg.norm(world - (centre + 80 * axis + np.array([head_side * 25.0, 0, 0])), axis=1) < 24
-    hu[head] = 400.0
+    values[shaft | head] = contrast["cortex"]
+    values[radial < 9] = contrast["marrow"]
+    values[np.linalg.norm(world - (centre + 80 * axis + np.array([head_side * 25.0, 0, 0])), axis=1) < 20] = \
+        contrast["head"]
     femur |= shaft | head
 
 
-def make_thigh_phantom(about_x_deg=0.0, about_y_deg=0.0, shape=(120, 120, 40), spacing=(1.5, 1.5, 5.0)):
-    """One-leg CT phantom in HU, femur tilted by known angles. Returns (image, femur label, true axis)."""
+def make_thigh_phantom(about_x_deg=0.0, about_y_deg=0.0, shape=(120, 120, 40), spacing=(1.5, 1.5, 5.0),
+                       contrast=CT_CONTRAST):
+    """One-leg phantom (CT in HU by default), femur tilted by known angles.
+
+    Returns (image, femur label, true axis), MetaTensors (1, X, Y, Z) centred on the origin."""
     affine, world = make_grid(shape, spacing)
     axis = rotation_xy(about_x_deg, about_y_deg) @ np.array([0.0, 0.0, 1.0])
-    hu = np.full(len(world), AIR_HU)
+    values = np.full(len(world), contrast["air"])
     femur = np.zeros(len(world), dtype=bool)
-    add_leg(hu, femur, world, 0.0, axis, head_side=-1)
-    image = MetaTensor(torch.as_tensor(hu.reshape(shape)[None], dtype=torch.float32), affine=torch.as_tensor(affine))
+    add_leg(values, femur, world, 0.0, axis, head_side=-1, contrast=contrast)
+    if contrast is not CT_CONTRAST:  # MR magnitude noise
+        values = np.abs(values + np.random.default_rng(0).normal(0.0, 5.0, values.shape))
+    image = MetaTensor(torch.as_tensor(values.reshape(shape)[None], dtype=torch.float32),
+                       affine=torch.as_tensor(affine))
     label = MetaTensor(torch.as_tensor(femur.reshape(shape)[None], dtype=torch.float32), affine=torch.as_tensor(affine))
     return image, label, axis
 
@@ -137,7 +152,7 @@ def make_two_leg_phantom(left_tilt_deg, right_tilt_deg, common_about_x_deg):
     affine, world = make_grid(shape, spacing)
     hu = np.full(len(world), AIR_HU)
     femur = np.zeros(len(world), dtype=bool)
-    axes = {}
+    axes = {}  # true femur axes
     # Subject's left is at smaller world x (RAS); the head sits medially on each side.
     for side, leg_x, tilt, head_side in (("left", -90.0, left_tilt_deg, 1), ("right", 90.0, right_tilt_deg, -1)):
         axes[side] = rotation_xy(common_about_x_deg, tilt) @ np.array([0.0, 0.0, 1.0])
@@ -232,17 +247,56 @@ def test_real_ct_refuses_implausible_rotation_and_pelvis_merged_femur(hip_ct):
         FemurAxisAlign(femur="left").fit(ct)
 
 
-def test_mr_needs_a_mask_or_an_axis_and_explicit_axis_is_used():
-    image, label, true_axis = make_thigh_phantom(0, 10)
-    with pytest.raises(ValueError, match="femur mask or an explicit axis"):
-        FemurAxisAlign(modality="mr")(image)
+@pytest.mark.parametrize("contrast", [MR_T1_CONTRAST, MR_WATER_CONTRAST], ids=["t1_bright_marrow", "water_dark_marrow"])
+@pytest.mark.parametrize("about_x, about_y", [(0, 10), (12, -6)])
+def test_mr_femur_found_by_its_dark_cortex_whatever_the_marrow(contrast, about_x, about_y):
+    image, _, true_axis = make_thigh_phantom(about_x, about_y, contrast=contrast)
+    aligner = FemurAxisAlign(modality="mr")
+    aligner(image)
+    assert aligner.last_fit.source == "mr"
+    assert axis_angle_deg(aligner.last_fit.axis, true_axis) <= 2.0
+
+
+def test_mr_automatic_femurs_on_real_thigh_mri_are_plausible(shared_data):
+    """No femur label exists for these scans: check what must hold for a femoral shaft."""
+    from muscle_pipeline.transforms.femur import body_midline_x, detect_femur_mr, select_femur_components
+
+    path = shared_data / "qmritools" / "thigh_calf_unlabeled" / "test_up.nii.gz"
+    image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    volume, affine = image[0].numpy(), image.affine.numpy()
+    candidates = detect_femur_mr(volume, affine)
+    body = otsu_body_mask(volume, affine)
+    midline = body_midline_x(volume, affine)
+    fits = {}
+    for side in ("left", "right"):
+        fit = FemurAxisAlign(modality="mr", femur=side).fit(image)
+        femur = select_femur_components(candidates, affine, side, midline)[0]
+        spans_slices = np.unique(np.argwhere(femur)[:, 2]).size
+        area_mm2 = femur.sum() * abs(np.linalg.det(affine[:3, :3])) / (spans_slices * 6.0)
+        assert spans_slices >= 25  # a tube through (nearly) all 31 slices
+        assert 350 < area_mm2 < 1100  # a femoral shaft cross-section, cortex included
+        assert body[femur].all()
+        assert fit.angle_deg < 15.0
+        assert (fit.centroid[0] < midline) == (side == "left")  # RAS: subject's left at smaller x
+        fits[side] = fit
+    # The shafts converge towards the knees: going up, each femur leans laterally.
+    assert fits["left"].axis[0] < 0 < fits["right"].axis[0]
+
+
+def test_mr_without_a_visible_femur_asks_for_a_mask_and_explicit_axis_is_used(shared_data):
+    # A Dixon fat image: muscle is dark as cortex, no ring stands out -> a clear refusal.
+    path = shared_data / "qmritools" / "thigh_calf_unlabeled" / "dixon_fat.nii.gz"
+    fat_image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    with pytest.raises(ValueError, match="pass a femur mask or an explicit axis"):
+        FemurAxisAlign(modality="mr")(fat_image)
+    image, label, true_axis = make_thigh_phantom(0, 10, contrast=MR_T1_CONTRAST)
     aligner = FemurAxisAlign(modality="mr")
     aligned = aligner(image, axis=true_axis)
     assert aligner.last_fit.source == "given"
     assert axis_angle_deg(true_axis, grid_z(aligned.affine)) < 1e-6
     masked = FemurAxisAlign(modality="mr")
     masked(image, femur_mask=label)
-    assert axis_angle_deg(masked.last_fit.axis, true_axis) <= 2.0
+    assert masked.last_fit.source == "mask" and axis_angle_deg(masked.last_fit.axis, true_axis) <= 2.0
 
 
 def test_builds_from_a_bundle_config():

@@ -4,8 +4,9 @@ Muscles run along the femur, so cross-sections perpendicular to it are the most 
 between subjects and the leg's network sees the same geometry whatever the leg's pose.
 
 The femur is found per leg (CT: bone > ``bone_threshold`` HU with the marrow filled, split
-into sides by the body midline in world x, the largest elongated component; MR or any
-modality: a femur mask, or an explicit axis, from the caller). Its long axis is the principal
+into sides by the body midline in world x, the largest elongated component; MR: the same
+with the dark cortical ring, filled, as bone -- a best effort; any modality: a femur mask,
+or an explicit axis, from the caller). Its long axis is the principal
 axis of the shaft voxels in world mm (bulky ends -- head, neck, trochanters, condyles -- are
 trimmed, see :func:`femur_shaft_axis`). The volume is then resampled onto a grid rotated about
 the femur centroid so that the grid's z axis is parallel to that axis. World coordinates are
@@ -37,7 +38,9 @@ __all__ = [
     "principal_axis",
     "femur_shaft_axis",
     "detect_femur_ct",
+    "detect_femur_mr",
     "select_femur_components",
+    "body_midline_x",
     "rotation_between",
     "axis_angle_deg",
     "FemurAxisAlign",
@@ -53,7 +56,7 @@ class FemurAxisFit:
 
     ``axis``: unit vector of the femoral shaft (sign chosen along the grid's +z);
     ``centroid``: the rotation centre (shaft centroid); ``angle_deg``: angle between the axis
-    and the input grid's z axis; ``source``: "ct", "mask" or "given"; ``rotated``: False when
+    and the input grid's z axis; ``source``: "ct", "mr", "mask" or "given"; ``rotated``: False when
     the rotation was refused (angle above ``max_angle_deg``) and the grid kept.
     """
 
@@ -128,7 +131,7 @@ def femur_shaft_axis(mask: np.ndarray, affine: np.ndarray, trim_factor: float = 
     return axis / np.linalg.norm(axis), kept.mean(axis=0)
 
 
-def _body_midline_x(image: np.ndarray, affine: np.ndarray) -> float:
+def body_midline_x(image: np.ndarray, affine: np.ndarray) -> float:
     """World x (RAS mm) of the body midline: the median x of the Otsu body voxels."""
     body = otsu_body_mask(image, affine)
     if not body.any():
@@ -175,7 +178,8 @@ def select_femur_components(candidates: np.ndarray, affine: np.ndarray, femur: s
     needed = 2 if femur == "mean" else 1
     if len(chosen) < needed:
         raise ValueError(f"femur={femur!r}: found {len(chosen)} femur candidate(s) "
-                         f"(>= {min_volume_ml} mL, elongation >= {min_elongation}), need {needed}")
+                         f"(>= {min_volume_ml} mL, elongation >= {min_elongation}), need {needed}; "
+                         "pass a femur mask or an explicit axis")
     return [c[2] for c in chosen]
 
 
@@ -194,6 +198,41 @@ def detect_femur_ct(image: np.ndarray, affine: np.ndarray, bone_threshold: float
     bone = np.moveaxis(bone, axis, 0)
     bone = np.stack([ndimage.binary_fill_holes(plane) for plane in bone])
     return np.moveaxis(bone, 0, axis)
+
+
+def detect_femur_mr(image: np.ndarray, affine: np.ndarray, dark_fraction: float = 0.4, min_depth_mm: float = 15.0,
+                    opening_mm: float = 3.0) -> np.ndarray:
+    """Candidate bone mask of an MR volume ``(X, Y, Z)`` (any contrast; a best effort).
+
+    Cortical bone is dark in every MR sequence, marrow is bright (fat, T1) or dark (water,
+    STIR): so take body voxels darker than ``dark_fraction`` x the body's median, at least
+    ``min_depth_mm`` below the skin (a dark subcutaneous fat ring must not enclose the
+    whole thigh), fill holes slice by slice (the cortical ring becomes a solid bone
+    cross-section whatever the marrow's contrast), and open with a disc of ``opening_mm``
+    to cut the thin dark fascia lines that touch the ring. The femur is then the largest
+    elongated candidate per leg (:func:`select_femur_components`). Checked on the QMRITools
+    thigh scans (water-like, Dixon water and fat); verify on other sequences.
+    """
+    from scipy import ndimage
+
+    volume = np.asarray(image, dtype=np.float32)
+    affine = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    body = otsu_body_mask(volume, affine)
+    if not body.any():
+        return body
+    # Depth in-plane only: a slab's first and last slices are not skin.
+    axis = _slice_axis(affine)
+    in_plane = [i for i in range(3) if i != axis]
+    depth = np.moveaxis(np.stack([ndimage.distance_transform_edt(plane, sampling=spacing[in_plane])
+                                  for plane in np.moveaxis(body, axis, 0)]), 0, axis)
+    dark = body & (depth >= min_depth_mm) & (volume < dark_fraction * np.median(volume[body]))
+    radius = np.maximum(1, np.round(opening_mm / spacing[in_plane])).astype(int)
+    yy, xx = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
+    disc = (yy / radius[0]) ** 2 + (xx / radius[1]) ** 2 <= 1.0
+    planes = [ndimage.binary_opening(ndimage.binary_fill_holes(plane), disc)
+              for plane in np.moveaxis(dark, axis, 0)]
+    return np.moveaxis(np.stack(planes), 0, axis)
 
 
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -219,9 +258,10 @@ class FemurAxisAlign(SpatialResample):
         femur: which femur defines the rotation: "largest" (one leg per volume), "left",
             "right" (side by world x against the body midline) or "mean" (both legs, one
             shared rotation from the mean axis).
-        modality: "ct" finds the femur automatically (bone > ``bone_threshold``, in the
-            image's units: HU, so run this before any intensity window); "mr" needs a
-            ``femur_mask`` or an ``axis`` in the call.
+        modality: "ct" finds the femur by bone > ``bone_threshold`` (in the image's units:
+            HU, so run this before any intensity window); "mr" by the dark cortical ring
+            (:func:`detect_femur_mr`, a best effort checked on thigh scans). Either way a
+            ``femur_mask`` or an ``axis`` in the call overrides the search.
         bone_threshold: CT bone threshold (200 HU).
         max_angle_deg: a fitted axis further than this from the grid's z axis is not
             trusted (a wrong bone, or a hip scan with no shaft): the grid is kept, with a
@@ -289,9 +329,9 @@ class FemurAxisAlign(SpatialResample):
                 candidates = detect_femur_ct(volume, affine, self.bone_threshold)
                 source, min_elongation = "ct", self.min_elongation
             else:
-                raise ValueError("FemurAxisAlign(modality='mr') needs a femur mask or an explicit axis: "
-                                 "MR bone is not separable by a threshold")
-            midline = None if self.femur == "largest" else _body_midline_x(volume, affine)
+                candidates = detect_femur_mr(volume, affine)
+                source, min_elongation = "mr", self.min_elongation
+            midline = None if self.femur == "largest" else body_midline_x(volume, affine)
             components = select_femur_components(candidates, affine, self.femur, midline,
                                                  self.min_volume_ml, min_elongation)
             fits = [femur_shaft_axis(c, affine, self.trim_factor) for c in components]
