@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import highdicom
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.transforms import EnsureChannelFirst
+from pydicom.uid import generate_uid
 
 from muscle_pipeline.io import discover, orientation_code, read_image, voxel_spacing, write_label_map
 
@@ -106,6 +110,10 @@ def test_jpeg2000_dicom_series_reads_with_the_stated_geometry(dicom_image, share
     assert image.meta["filename_or_obj"] == str(shared_data / DICOM_SERIES)
     assert image.meta["case_id"].startswith("CT_Body_3.0_")
     assert tuple(image.meta["spatial_shape"]) == (512, 512, 20)
+    # MONAI's channel convention is declared: EnsureChannelFirst adds the channel dimension.
+    with_channel = EnsureChannelFirst()(image)
+    assert tuple(with_channel.shape) == (1, 512, 512, 20)
+    assert torch.equal(with_channel.affine, image.affine)
 
 
 def test_dicom_series_agrees_with_its_totalsegmentator_labels(dicom_image, shared_data):
@@ -197,10 +205,6 @@ def test_enhanced_multiframe_dicom_reads_on_the_same_world_grid(dicom_image, sha
     """The real series converted by highdicom into one Legacy Converted Enhanced CT file
     (frames in file-name order, i.e. superior to inferior): ITK/GDCM read it as a volume whose
     voxels sit at the same world positions as the series read slice by slice."""
-    import highdicom
-    import pydicom
-    from pydicom.uid import generate_uid
-
     slices = []
     for path in sorted((shared_data / DICOM_SERIES).iterdir()):
         dataset = pydicom.dcmread(path)

@@ -22,7 +22,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "info",
         help="list the scans found in files/folders: one JSON line each (shape, spacing, orientation, ...)",
-        description=__doc__.split("\n\n")[1],
+        description="Print one JSON line per scan found in the PATHs. " + __doc__.split("\n\n")[1],
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
     parser.add_argument(

@@ -118,8 +118,8 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
         modality=case.modality,
         case_id=case.case_id,
         format=case.format,
+        original_channel_dim=float("nan"),  # MONAI's "no_channel": EnsureChannelFirst adds one
     )
-    meta.pop("original_channel_dim", None)  # the output never has a channel dimension
     meta.pop("affine", None)  # given below; MetaTensor warns when both are set
     return MetaTensor(array, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
 
