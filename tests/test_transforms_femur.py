@@ -199,6 +199,13 @@ def test_dict_twin_rotates_image_and_label_alike_and_invertd_brings_predictions_
     back = pre.inverse(data)
     assert torch.equal(back["image"].affine, image.affine) and back["image"].shape == image.shape
 
+    # The femur may come from a label map instead: value 1 is femur here.
+    by_label = FemurAxisAlignd(keys=["image", "label"], femur_mask_key="label", femur_labels=[1],
+                               mode=["bilinear", "nearest"])
+    by_label({"image": image, "label": label})
+    assert by_label.aligner.last_fit.source == "mask"
+    assert axis_angle_deg(by_label.aligner.last_fit.axis, true_axis) <= 2.0
+
 
 @pytest.fixture(scope="module")
 def hip_ct(shared_data):
@@ -213,12 +220,12 @@ def test_real_ct_femur_label_ends_within_3_degrees_of_z(hip_ct, side, femur_labe
     so the fitted axis is that of the whole proximal femur (67-71 deg from z, along the
     neck); the test checks that the per-leg rotation puts it on z and inverts exactly."""
     ct, seg = hip_ct
-    femurs = torch.isin(seg, torch.tensor([75, 76]))  # both femur labels: the side picks one
     before = axis_angle_deg(femur_shaft_axis(seg[0].numpy() == femur_label, seg.affine)[0], grid_z(seg.affine))
     assert before > 60.0
 
-    aligner = FemurAxisAlign(femur=side, max_angle_deg=90.0, keep_size=False)
-    aligner(ct, femur_mask=femurs)
+    # The whole label map as mask; both femur labels are femur, the side picks one.
+    aligner = FemurAxisAlign(femur=side, max_angle_deg=90.0, keep_size=False, femur_labels=(75, 76))
+    aligner(ct, femur_mask=seg)
     fit = aligner.last_fit
     assert fit.source == "mask" and (fit.centroid[0] < 0) == (side == "left")  # RAS: left at smaller x
     aligned_seg = aligner(seg, fit=fit, mode="nearest")

@@ -270,6 +270,8 @@ class FemurAxisAlign(SpatialResample):
             rotated input fits (False).
         mode, padding_mode, align_corners, dtype: resampling options, as for MONAI's
             ``SpatialResample`` (padding "zeros": outside the input is 0).
+        femur_labels: values of a ``femur_mask`` label map that are femur (e.g. (75, 76) for
+            TotalSegmentator); None: every nonzero voxel is femur.
         trim_factor: slab-volume ratio above which bulky ends are trimmed from the shaft.
         min_volume_ml, min_elongation: femur candidates must be at least this big and
             this elongated (``sqrt`` of the ratio of the two largest PCA eigenvalues).
@@ -281,7 +283,8 @@ class FemurAxisAlign(SpatialResample):
     def __init__(self, femur: str = "largest", modality: str = "ct", bone_threshold: float = 200.0,
                  max_angle_deg: float = 30.0, keep_size: bool = True, mode: str | int = "bilinear",
                  padding_mode: str = "zeros", align_corners: bool = False, dtype=torch.float32,
-                 trim_factor: float = 1.5, min_volume_ml: float = 5.0, min_elongation: float = 2.0) -> None:
+                 femur_labels: Sequence[int] | None = None, trim_factor: float = 1.5, min_volume_ml: float = 5.0,
+                 min_elongation: float = 2.0) -> None:
         super().__init__(mode=mode, padding_mode=padding_mode, align_corners=align_corners, dtype=dtype)
         if femur not in FEMUR_CHOICES:
             raise ValueError(f"femur must be one of {FEMUR_CHOICES}, got {femur!r}")
@@ -292,6 +295,7 @@ class FemurAxisAlign(SpatialResample):
         self.bone_threshold = float(bone_threshold)
         self.max_angle_deg = float(max_angle_deg)
         self.keep_size = keep_size
+        self.femur_labels = None if femur_labels is None else [int(v) for v in femur_labels]
         self.trim_factor = float(trim_factor)
         self.min_volume_ml = float(min_volume_ml)
         self.min_elongation = float(min_elongation)
@@ -303,8 +307,9 @@ class FemurAxisAlign(SpatialResample):
 
         ``axis`` (RAS vector) is taken as given (rotation about the grid's centre unless a
         ``femur_mask`` gives the centroid); else the femur comes from ``femur_mask``
-        (nonzero voxels, ``(X, Y, Z)`` or ``(1, X, Y, Z)``; components chosen by ``femur``)
-        or, for CT, from the bone threshold.
+        (``(X, Y, Z)`` or ``(1, X, Y, Z)``, voxels in ``femur_labels`` or nonzero; components
+        chosen by ``femur``) or from the automatic CT/MR search. An axis further than
+        ``max_angle_deg`` from the grid's z axis comes back with ``rotated=False`` and a warning.
         """
         affine = self._affine_of(img)
         volume = convert_to_numpy(img)[0].astype(np.float32, copy=False)
@@ -312,7 +317,8 @@ class FemurAxisAlign(SpatialResample):
         mask = None
         if femur_mask is not None:
             mask = convert_to_numpy(femur_mask)
-            mask = (mask[0] if mask.ndim == 4 else mask) != 0
+            mask = mask[0] if mask.ndim == 4 else mask
+            mask = mask != 0 if self.femur_labels is None else np.isin(mask, self.femur_labels)
             if mask.shape != volume.shape:
                 raise ValueError(f"femur mask shape {mask.shape} does not match image {volume.shape}")
         if axis is not None:
@@ -341,8 +347,13 @@ class FemurAxisAlign(SpatialResample):
         direction = direction / np.linalg.norm(direction)
         if direction @ grid_z < 0:
             direction = -direction
-        return FemurAxisFit(axis=direction, centroid=centroid, angle_deg=axis_angle_deg(direction, grid_z),
-                            source=source)
+        fit = FemurAxisFit(axis=direction, centroid=centroid, angle_deg=axis_angle_deg(direction, grid_z),
+                           source=source)
+        if fit.angle_deg > self.max_angle_deg:
+            warnings.warn(f"femur axis is {fit.angle_deg:.1f} deg from the grid's z axis "
+                          f"(> max_angle_deg={self.max_angle_deg}); grid kept unrotated", stacklevel=2)
+            fit.rotated = False
+        return fit
 
     @staticmethod
     def _affine_of(img: NdarrayOrTensor) -> np.ndarray:
@@ -385,10 +396,6 @@ class FemurAxisAlign(SpatialResample):
             img = MetaTensor(img)
         if fit is None:
             fit = self.fit(img, femur_mask, axis)
-            if fit.angle_deg > self.max_angle_deg:
-                warnings.warn(f"femur axis is {fit.angle_deg:.1f} deg from the grid's z axis "
-                              f"(> max_angle_deg={self.max_angle_deg}); grid kept unrotated", stacklevel=2)
-                fit.rotated = False
         self.last_fit = fit
         dst_affine, spatial_size = self.target_grid(self._affine_of(img), img.peek_pending_shape(), fit)
         out = super().__call__(img, dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64),
@@ -415,8 +422,9 @@ class FemurAxisAlignd(MapTransform, InvertibleTransform):
     """Dictionary twin of :class:`FemurAxisAlign`: one rotation, found once, applied to all keys.
 
     The femur is searched in ``source_key`` (default: the first key), or given by
-    ``femur_mask_key`` (nonzero voxels; may be a label map, e.g. femur labels only), or by
-    an explicit RAS axis under ``axis_key``. ``mode``/``padding_mode`` may be one per key
+    ``femur_mask_key`` (a mask, or a label map with ``femur_labels`` naming the femur
+    values), or by an explicit RAS axis under ``axis_key``. Every key must be a MetaTensor
+    on the source's grid (as ``LoadImaged`` gives). ``mode``/``padding_mode`` may be one per key
     (e.g. ``("bilinear", "nearest")`` for image and label). ``inverse`` restores every key's
     original grid.
     """
@@ -425,12 +433,14 @@ class FemurAxisAlignd(MapTransform, InvertibleTransform):
                  axis_key: str | None = None, femur: str = "largest", modality: str = "ct",
                  bone_threshold: float = 200.0, max_angle_deg: float = 30.0, keep_size: bool = True,
                  mode: str | Sequence[str] = "bilinear", padding_mode: str | Sequence[str] = "zeros",
-                 align_corners: bool = False, dtype=torch.float32, trim_factor: float = 1.5,
-                 min_volume_ml: float = 5.0, min_elongation: float = 2.0, allow_missing_keys: bool = False) -> None:
+                 align_corners: bool = False, dtype=torch.float32, femur_labels: Sequence[int] | None = None,
+                 trim_factor: float = 1.5, min_volume_ml: float = 5.0, min_elongation: float = 2.0,
+                 allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.aligner = FemurAxisAlign(femur, modality, bone_threshold, max_angle_deg, keep_size,
-                                      align_corners=align_corners, dtype=dtype, trim_factor=trim_factor,
-                                      min_volume_ml=min_volume_ml, min_elongation=min_elongation)
+                                      align_corners=align_corners, dtype=dtype, femur_labels=femur_labels,
+                                      trim_factor=trim_factor, min_volume_ml=min_volume_ml,
+                                      min_elongation=min_elongation)
         self.source_key = source_key
         self.femur_mask_key = femur_mask_key
         self.axis_key = axis_key
@@ -445,10 +455,6 @@ class FemurAxisAlignd(MapTransform, InvertibleTransform):
         if not isinstance(source, MetaTensor):
             source = MetaTensor(source)
         fit = self.aligner.fit(source, femur_mask, axis)
-        if fit.angle_deg > self.aligner.max_angle_deg:
-            warnings.warn(f"femur axis is {fit.angle_deg:.1f} deg from the grid's z axis "
-                          f"(> max_angle_deg={self.aligner.max_angle_deg}); grid kept unrotated", stacklevel=2)
-            fit.rotated = False
         for key, mode, padding_mode in self.key_iterator(d, self.mode, self.padding_mode):
             d[key] = self.aligner(d[key], fit=fit, mode=mode, padding_mode=padding_mode)
         return d
