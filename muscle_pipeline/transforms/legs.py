@@ -246,6 +246,25 @@ def _profile_dip(profile: np.ndarray, min_lobe: int, central: float = 0.2) -> tu
     return float(ratio[j]), lo + j
 
 
+def _cut_beside(profile: np.ndarray, j: int) -> float:
+    """A cut at valley column ``j``: the middle of the run of minimal columns around ``j`` (so a
+    flat valley is cut in its centre whichever way the array runs), moved off a column centre
+    towards the lower wall (a cut through a column centre would be a tie)."""
+    p = ndi.uniform_filter1d(profile.astype(float), size=3)
+    floor = p[j] + 1e-6
+    j1, j2 = j, j
+    while j1 > 0 and p[j1 - 1] <= floor:
+        j1 -= 1
+    while j2 + 1 < p.size and p[j2 + 1] <= floor:
+        j2 += 1
+    cut = (j1 + j2) / 2.0
+    if cut == int(cut):
+        before = p[j1 - 1] if j1 > 0 else np.inf
+        after = p[j2 + 1] if j2 + 1 < p.size else np.inf
+        cut += -0.5 if before < after else 0.5
+    return cut
+
+
 def find_split(
     mask: np.ndarray,
     affine,
@@ -302,7 +321,7 @@ def find_split(
         (lo1, hi1, c1), (lo2, hi2, c2) = sorted(extents)
         if hi1 < lo2:  # disjoint along left–right: two legs apart in this slice
             separate[k] = True
-            boundary[k] = (hi1 + 1 + lo2) / 2.0
+            boundary[k] = (hi1 + lo2) / 2.0  # middle of the gap (continuous index)
             centres[k] = (c1, c2)
 
     # A slice counts as "legs apart" only if its gap agrees with its neighbours: fragmented
@@ -332,7 +351,7 @@ def find_split(
         if separate[k]:
             continue
         profile = canon[:, :, k].sum(axis=1).astype(float)
-        boundary[k] = float((profile * np.arange(n_lr)).sum() / profile.sum()) + 0.5  # centroid
+        boundary[k] = float((profile * np.arange(n_lr)).sum() / profile.sum())  # centroid
         if sep_idx.size:
             # search the valley only between the leg centres seen where the legs were apart
             c1, c2 = centres[sep_idx[np.abs(sep_idx - k).argmin()]]
@@ -343,17 +362,17 @@ def find_split(
                 window[hi + 1 :] = 0
                 ratio, j = _profile_dip(window, 1, central=0.0)
                 if ratio <= dip_ratio:
-                    boundary[k] = j + 0.5
+                    boundary[k] = _cut_beside(profile, j)
         elif dips[k] <= dip_ratio:
-            boundary[k] = dip_at[k] + 0.5
+            boundary[k] = _cut_beside(profile, dip_at[k])
     # Smooth the cut along z (a noisy slice must not jump), but keep it inside real gaps.
     valid = np.flatnonzero(np.isfinite(boundary))
     smoothed = boundary.copy()
     smoothed[valid] = ndi.median_filter(boundary[valid], size=5, mode="nearest")
     for k in sep_idx:
         cols = np.flatnonzero(canon[:, :, k].any(axis=1))
-        gap_lo = cols[cols < boundary[k]].max() + 1
-        gap_hi = cols[cols > boundary[k]].min()
+        gap_lo = cols[cols < boundary[k]].max() + 0.5
+        gap_hi = cols[cols > boundary[k]].min() - 0.5
         smoothed[k] = float(np.clip(smoothed[k], gap_lo, gap_hi))
     boundary = _fill_nan_nearest(smoothed)
     method = "components" if sep_idx.size == len(body_slices) else "midline"
@@ -582,7 +601,8 @@ def merge_legs(leg_label_maps: Sequence, original: MetaTensor, legs: Sequence[Ma
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
     meta = {k: v for k, v in original.meta.items() if k != LEG_META_KEY}
-    return MetaTensor(torch.as_tensor(out[None]), affine=original.affine.clone(), meta=meta)
+    meta["affine"] = original.affine.clone()
+    return MetaTensor(torch.as_tensor(out[None]), meta=meta)
 
 
 # --------------------------------------------------------------------------------------------
