@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.losses import DiceCELoss
 from monai.transforms import LoadImage, Orientation, RandSpatialCropd, Spacing, SpatialPadd
 from monai.utils import set_determinism
@@ -23,7 +23,7 @@ from .. import labels as ontology
 from .boxes import Box, BoxPriors, box_from_mask
 from .model import groups_for, read_bundle_config, right_value
 
-__all__ = ["mirror_world_x", "load_case", "split_sides", "prepare_case", "CascadeTrainer"]
+__all__ = ["mirror_world_x", "load_case", "split_sides", "load_side_cases", "prepare_case", "evaluate_cascade", "CascadeTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ def split_sides(image: MetaTensor, labels: MetaTensor) -> list[tuple[MetaTensor,
     idx = np.argwhere(lab > 0)
     world = idx @ affine[:3, :3].T + affine[:3, 3]
     vals = lab[tuple(idx.T)]
-    left = vals > ontology.LEFT_OFFSET
-    midline = (world[~left, 0].mean() + world[left, 0].mean()) / 2
+    sides = {int(v): ontology.label(int(v)).side for v in np.unique(vals)}
+    side = np.array([sides[int(v)] for v in vals], dtype=object)
+    midline = (world[side == "right", 0].mean() + world[side == "left", 0].mean()) / 2
     # world x of every index along each array axis: find the axis that carries x
     x_axis = int(np.argmax(np.abs(affine[0, :3])))
     coords = affine[0, x_axis] * np.arange(image.shape[1 + x_axis]) + affine[0, 3]
@@ -97,16 +98,62 @@ def split_sides(image: MetaTensor, labels: MetaTensor) -> list[tuple[MetaTensor,
         crop_affine = Box(tuple(start), (0, 0, 0)).affine_of_crop(affine)
         img = MetaTensor(image[tuple(sl)].as_tensor().clone(), affine=torch.as_tensor(crop_affine))
         lb = np.asarray(labels[tuple(sl)]).copy()
-        if keep_right:
-            lb[lb > ontology.LEFT_OFFSET] = 0  # strays of the other side
-        else:
-            lb[(lb > 0) & (lb < ontology.LEFT_OFFSET)] = 0
+        # keep this side's sided structures as right-side values; drop the other side and unsided ones
+        keep = [v for v, sd in sides.items() if sd == ("right" if keep_right else "left")]
+        lb = np.where(np.isin(lb, keep), lb, 0).astype(np.uint8)
+        if not keep_right:
             lb[lb > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
         lbl = MetaTensor(torch.as_tensor(lb), affine=torch.as_tensor(crop_affine))
         if not keep_right:
             img, lbl = mirror_world_x(img), mirror_world_x(lbl)
         out.append((img, lbl))
     return out
+
+
+def load_side_cases(entry: dict) -> list[tuple[MetaTensor, MetaTensor]]:
+    """Right-leg-looking (image, labels) pairs of one dataset entry.
+
+    ``entry``: ``{"image", "label", "label_map", "sides"}``; ``sides`` is ``"right"`` (as is),
+    ``"left"`` (mirrored, values made right-side) or ``"both"`` (split at the midline).
+    """
+    image, labels = load_case(entry["image"], entry["label"], entry["label_map"])
+    sides = entry.get("sides", "right")
+    if sides == "both":
+        return split_sides(image, labels)
+    if sides == "left":
+        lab = np.asarray(labels).copy()
+        lab[lab < ontology.LEFT_OFFSET] = 0
+        lab[lab > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
+        return [(mirror_world_x(image), mirror_world_x(MetaTensor(torch.as_tensor(lab), affine=labels.affine)))]
+    if sides != "right":
+        raise ValueError(f"sides must be 'right', 'left' or 'both', got {sides!r}")
+    lab = np.asarray(labels).copy()
+    lab[lab > ontology.LEFT_OFFSET] = 0
+    return [(image, MetaTensor(torch.as_tensor(lab), affine=labels.affine))]
+
+
+def evaluate_cascade(model, dataset: list[dict], output_file: str | None = None) -> dict:
+    """Dice per structure of ``model`` on every side case of ``dataset`` (entries as in training).
+
+    Returns ``{"cases": [{"image", "side_index", "dice": {structure: d}, "mean_dice"}], "mean_dice"}``
+    and writes it as JSON to ``output_file`` when given.
+    """
+    from ..metrics import dice
+
+    results = []
+    for entry in dataset:
+        pairs = entry["cases"] if "cases" in entry else load_side_cases(entry)
+        for i, (image, labels) in enumerate(pairs):
+            pred = np.asarray(model.predict(image))
+            ref = np.asarray(labels[0])
+            scores = {m: float(dice(pred, ref, right_value(m))) for m in model.structures}
+            results.append({"image": str(entry.get("image", "in-memory")), "side_index": i, "dice": scores,
+                            "mean_dice": float(np.mean(list(scores.values())))})
+    report = {"cases": results, "mean_dice": float(np.mean([r["mean_dice"] for r in results])) if results else None}
+    if output_file:
+        Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_file).write_text(json.dumps(report, indent=1))
+    return report
 
 
 def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
@@ -119,6 +166,10 @@ def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
     img1 = Spacing(pixdim=cascade["stage1_spacing"], mode="bilinear")(img2)
     lab1 = Spacing(pixdim=cascade["stage1_spacing"], mode="nearest")(lab2)
     return {"image2": img2.float(), "label2": lab2, "image1": img1.float(), "label1": lab1}
+
+
+def _plain(x) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 def _round_up(v: float, d: int) -> int:
@@ -174,19 +225,7 @@ class CascadeTrainer:
         if self._cases is None:
             self._cases = []
             for entry in self.dataset:
-                if "cases" in entry:  # already-loaded (image, labels) pairs, e.g. phantoms in tests
-                    pairs = entry["cases"]
-                else:
-                    image, labels = load_case(entry["image"], entry["label"], entry["label_map"])
-                    sides = entry.get("sides", "right")
-                    if sides == "both":
-                        pairs = split_sides(image, labels)
-                    elif sides == "left":
-                        lab = np.asarray(labels).copy()
-                        lab[lab > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
-                        pairs = [(mirror_world_x(image), mirror_world_x(MetaTensor(torch.as_tensor(lab), affine=labels.affine)))]
-                    else:
-                        pairs = [(image, labels)]
+                pairs = entry["cases"] if "cases" in entry else load_side_cases(entry)
                 for image, labels in pairs:
                     self._cases.append(prepare_case(image, labels, self.cascade))
         return self._cases
@@ -224,8 +263,7 @@ class CascadeTrainer:
     def train_stage1(self) -> Path:
         network = self.parser.get_parsed_content("stage1_network").to(self.device)
         roi = tuple(self.parser["stage1_roi"])
-        samples = [{"image": c["image1"], "label": MetaTensor(self.group_target(c).float(), affine=c["image1"].affine)}
-                   for c in self.cases]
+        samples = [{"image": _plain(c["image1"]), "label": self.group_target(c).float()} for c in self.cases]
         pad, crop = SpatialPadd(["image", "label"], roi), RandSpatialCropd(["image", "label"], roi, random_size=False)
 
         def sample(rng):
@@ -260,7 +298,7 @@ class CascadeTrainer:
             margin = [max(2, s // 4) for s in enlarged.shape]
             outer = Box(tuple(a - m for a, m in zip(enlarged.start, margin)),
                         tuple(b + m for b, m in zip(enlarged.stop, margin))).clip(shape)
-            d = {"image": image[(slice(None), *outer.slices)].as_tensor().clone(),
+            d = {"image": _plain(image[(slice(None), *outer.slices)]).clone(),
                  "label": mask[(slice(None), *outer.slices)].clone()}
             if self.aug2 is not None:
                 d = self.aug2(d)
@@ -288,6 +326,9 @@ class CascadeTrainer:
         opt = torch.optim.Adam(network.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
         network.train()
+        # plain tensors through the augmentation: MetaTensor bookkeeping doubles its cost on CPU
+        track_meta = get_track_meta()
+        set_track_meta(False)
         t0, running = time.time(), []
         for it in range(iterations):
             batch = [sample(rng) for _ in range(self.batch_size)]
@@ -302,6 +343,7 @@ class CascadeTrainer:
             if (it + 1) % 50 == 0 or it + 1 == iterations:
                 log.info("%s: iteration %d/%d loss %.4f (%.0f s)", what, it + 1, iterations,
                          float(np.mean(running[-50:])), time.time() - t0)
+        set_track_meta(track_meta)
         module.eval()
         set_determinism(None)
 
@@ -315,15 +357,20 @@ class CascadeTrainer:
     def _update_meta(self, **entries):
         if self.rank != 0:
             return
+        import fcntl
+
         path = self.output_dir / "cascade.json"
-        meta = json.loads(path.read_text()) if path.exists() else {}
-        for k, v in entries.items():
-            if isinstance(v, dict) and isinstance(meta.get(k), dict) and k == "patch_sizes":
-                meta[k].update(v)
-            else:
-                meta[k] = v
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(meta, indent=1))
+        # a lock, so that stage-2 runs of different muscles in parallel processes do not clobber each other
+        with open(self.output_dir / ".cascade.json.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = json.loads(path.read_text()) if path.exists() else {}
+            for k, v in entries.items():
+                if k == "patch_sizes" and isinstance(meta.get(k), dict):
+                    meta[k].update(v)
+                else:
+                    meta[k] = v
+            path.write_text(json.dumps(meta, indent=1))
 
     def run(self, stage: int | str = "all", muscle: str | None = None) -> list[Path]:
         """Train: ``stage`` 1, 2 (all muscles, or only ``muscle``) or ``"all"``; returns written files."""
