@@ -432,6 +432,9 @@ class SideAnatomy:
         if u.size == 0:
             return out
         zi = self.zb.index(z)
+        if zi.min() == zi.max():
+            # one z bin (an axial slab of an un-rotated grid): scalar parameters, no gathers
+            zi = zi[0]
         ul, vl = self.local(u, v, zi)
 
         # --- skin surface depth and subcutaneous fat thickness
@@ -457,7 +460,7 @@ class SideAnatomy:
         under = inside[depth[inside] > skin_mm]
         deep_mask = depth[under] > skin_mm + fat[under] * F32(self.scale)
 
-        uu, vv, zz, zii = ul[under], vl[under], z[under], zi[under]
+        uu, vv, zz, zii = ul[under], vl[under], z[under], _pick(zi, under)
         is_bone = np.zeros(under.shape, bool)
         for bone in self.bones:
             best = np.full(under.shape, -np.inf, F32)
@@ -467,10 +470,10 @@ class SideAnatomy:
                 if sel is None:
                     continue
                 u_, v_ = uu[sel], vv[sel]
-                sd = prim.sd(u_, v_, zz[sel]) if isinstance(prim, Solid) else prim.sd(u_, v_, zii[sel])
+                sd = prim.sd(u_, v_, zz[sel]) if isinstance(prim, Solid) else prim.sd(u_, v_, _pick(zii, sel))
                 take = sd > best[sel]
                 best[sel] = np.where(take, sd, best[sel])
-                cortex[sel] = np.where(take, cmm[zii[sel]] if np.ndim(cmm) else F32(cmm), cortex[sel])
+                cortex[sel] = np.where(take, cmm[_pick(zii, sel)] if np.ndim(cmm) else F32(cmm), cortex[sel])
             for center, radius in bone.carve:
                 dist = np.sqrt((uu - F32(center[0])) ** 2 + (vv - F32(center[1])) ** 2 + (zz - F32(center[2])) ** 2)
                 best = np.minimum(best, dist - F32(radius))
@@ -480,7 +483,7 @@ class SideAnatomy:
 
         soft = ~is_bone & deep_mask
         idx = under[soft]
-        uu, vv, zz, zii = uu[soft], vv[soft], zz[soft], zii[soft]
+        uu, vv, zz, zii = uu[soft], vv[soft], zz[soft], _pick(zii, soft)
         first = np.full(idx.shape, -np.inf, F32)
         second = np.full(idx.shape, -np.inf, F32)
         owner = np.full(idx.shape, IMFAT, np.uint8)
@@ -489,7 +492,7 @@ class SideAnatomy:
             sel = _within(tube, uu, vv, zz, zii)
             if sel is None:
                 continue
-            sc = tube.claim(uu[sel], vv[sel], zii[sel])
+            sc = tube.claim(uu[sel], vv[sel], _pick(zii, sel))
             f, s2 = first[sel], second[sel]
             better = sc > f
             second[sel] = np.where(better, f, np.maximum(s2, sc))
@@ -501,6 +504,11 @@ class SideAnatomy:
         owner[septum] = IMFAT
         out[idx] = owner
         return out
+
+
+def _pick(zi, sel):
+    """Bin indices of a subset of points (a scalar bin stays a scalar)."""
+    return zi if np.ndim(zi) == 0 else zi[sel]
 
 
 def _within(prim, u, v, z, zi):

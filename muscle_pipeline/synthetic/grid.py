@@ -70,9 +70,11 @@ class Grid:
     def world_axis_of_array_axis(self, i: int) -> int:
         return int(self.ornt[i, 0])
 
-    def body_coords(self, axis: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def body_coords(self, axis: int, start: int, stop: int, compact: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Body-frame (x, y, z) mm, float32, of the voxel centres whose index along array
-        ``axis`` lies in ``[start, stop)``; arrays have the slab's shape.
+        ``axis`` lies in ``[start, stop)``; arrays have the slab's shape (or, with ``compact``
+        and no rotation, shapes that broadcast to it).
 
         Centred indices ``i - (n-1)/2`` are exact half-integers and one flip is an exact
         negation, so the same physical voxel gets bit-identical coordinates whatever the
@@ -90,6 +92,8 @@ class Grid:
             rel[int(waxis)] = centred[i] * (flip * self.spacing[i])
         slab_shape = np.broadcast_shapes(*(c.shape for c in centred))
         if np.allclose(self.rotation, np.eye(3), atol=0, rtol=0):
+            if compact:
+                return tuple(r.astype(np.float32) for r in rel)
             return tuple(np.broadcast_to(r, slab_shape).astype(np.float32) for r in rel)
         rt = self.rotation.T  # body = R^T (world - center)
         out = []

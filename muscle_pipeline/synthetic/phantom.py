@@ -170,7 +170,7 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
     for start, stop in grid.slabs(0, max_slab_voxels):
         slab = intensity_lut[classes[start:stop]]
         if bias_field is not None:
-            slab *= bias_field(*grid.body_coords(0, start, stop))
+            slab *= bias_field(*grid.body_coords(0, start, stop, compact=True))
         image[start:stop] = add_noise(slab, modality, noise, rng_real, rng_imag)
 
     label_counts = np.bincount(label_lut, weights=class_counts[: len(label_lut)], minlength=256).astype(np.int64)

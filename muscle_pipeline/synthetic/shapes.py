@@ -108,8 +108,12 @@ class Tube:
         self.present = self.a > 0.5
         zc = zb.centers[self.present]
         self.z_extent = (zc.min() - zb.dz, zc.max() + zb.dz) if len(zc) else (np.inf, -np.inf)
-        half_u = np.sqrt((self.a * self.cos) ** 2 + (self.b * self.sin) ** 2) + self.expand
-        half_v = np.sqrt((self.a * self.sin) ** 2 + (self.b * self.cos) ** 2) + self.expand
+        # claimed points satisfy sd > -expand; since e / |grad e| >= min(a, b), they lie inside
+        # the ellipse scaled by 1 + expand / min(a, b): its bounding box is safe for culling
+        grow = 1 + self.expand / np.maximum(np.minimum(self.a, self.b), F32(1e-3))
+        ga, gb = self.a * grow, self.b * grow
+        half_u = np.sqrt((ga * self.cos) ** 2 + (gb * self.sin) ** 2) + F32(1e-3)
+        half_v = np.sqrt((ga * self.sin) ** 2 + (gb * self.cos) ** 2) + F32(1e-3)
         self._set_box(self.cu - half_u, self.cu + half_u, self.cv - half_v, self.cv + half_v)
 
     def _set_box(self, umin, umax, vmin, vmax):
