@@ -291,7 +291,8 @@ def test_mr_automatic_femurs_on_real_thigh_mri_are_plausible(shared_data):
 
 
 def test_mr_without_a_visible_femur_asks_for_a_mask_and_explicit_axis_is_used(shared_data):
-    # A Dixon fat image: muscle is dark as cortex, no ring stands out -> a clear refusal.
+    # A Dixon fat image (by its look the lower legs, despite SOURCES.md's "thigh level"): muscle
+    # is as dark as cortex, so no bone ring stands out -> a clear refusal, not a guess.
     path = shared_data / "qmritools" / "thigh_calf_unlabeled" / "dixon_fat.nii.gz"
     fat_image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
     with pytest.raises(ValueError, match="pass a femur mask or an explicit axis"):
