@@ -1,0 +1,135 @@
+"""Seed 004's comparison on the real CT: 2.5D vs 2D (axial) vs 3D U-Net, trained on one leg and
+scored on the other.
+
+The only labelled CT we have is TotalSegmentator's example (``shared/data/totalsegmentator/
+ct_abdomen_pelvis``, labels = TotalSegmentator predictions, hip to lung bases, proximal femur
+only). The structures present in both legs are gluteus maximus, medius, minimus, iliopsoas,
+femur and hip bone. Each method is trained on the RIGHT leg crop and tested on the LEFT leg
+crop, mirrored to look like a right leg (the side never seen in training):
+
+    train_heldout("bundles/thigh_ct_25d/models/heldout")        # all three methods, right leg
+    rows = evaluate_methods("thigh_ct_25d", "bundles/thigh_ct_25d/models/heldout", out_dir)
+
+``evaluate_methods`` writes the mirrored test crop's predictions and reference (NIfTI), then
+:func:`muscle_pipeline.evaluation.compare_methods` (Dice, ASD, HD95 per class, paired tests,
+``dice_comparison.png``), plus ``comparison_table.md`` and ``dice_asd_paired.png``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from muscle_pipeline.cascade.model import bundle_path, read_bundle_config, right_value
+from muscle_pipeline.thigh25d.model import load_model
+from muscle_pipeline.thigh25d.train import Thigh25DTrainer, _read_pair, leg_crops
+
+__all__ = ["REAL_CT", "real_ct_entry", "train_heldout", "evaluate_methods", "METHODS"]
+
+log = logging.getLogger(__name__)
+
+SHARED = Path(os.environ.get("MUSCLE_PIPELINE_SHARED_DATA", "/work/shared/data"))
+REAL_CT = SHARED / "totalsegmentator" / "ct_abdomen_pelvis"
+METHODS = {"2.5D": "25d", "2D": "2d", "3D": "3d"}
+
+
+def real_ct_entry(sides: Sequence[str] | str | None = None, data_root: str | Path | None = None) -> dict:
+    """Dataset entry of the real CT (TotalSegmentator values mapped to the ontology)."""
+    root = Path(data_root) / "totalsegmentator" / "ct_abdomen_pelvis" if data_root else REAL_CT
+    return {"image": str(root / "example_ct.nii.gz"), "label": str(root / "example_seg_fast_force_split.nii.gz"),
+            "label_map": "totalsegmentator_total", "sides": sides}
+
+
+def train_heldout(output_dir: str | Path, bundle: str | Path = "thigh_ct_25d", train_side: str = "right",
+                  **trainer_kwargs) -> dict:
+    """Train 2.5D, 2D and 3D on ``train_side`` of the real CT; weights into ``output_dir``."""
+    parser = read_bundle_config(bundle_path(bundle))
+    trainer = Thigh25DTrainer(list(parser["structures"]), dataset=[real_ct_entry(train_side)],
+                              output_dir=str(output_dir), **trainer_kwargs)
+    return trainer.run(kinds=("25d", "2d", "3d"))
+
+
+def test_crop(test_side: str = "left", margin_mm: float = 15.0):
+    """The held-out leg of the real CT as a right-looking crop: ``(image, label)`` MetaTensors."""
+    image, label = _read_pair(real_ct_entry())
+    crop = leg_crops(image, label, [test_side], margin_mm)[0]
+    return crop["image"], crop["label"]
+
+
+def evaluate_methods(bundle: str | Path = "thigh_ct_25d", models_dir: str | Path | None = None,
+                     out_dir: str | Path = "thigh25d_comparison", test_side: str = "left",
+                     methods: dict[str, str] | None = None) -> list[dict]:
+    """Predict the held-out leg with each method and compare (see the module docstring)."""
+    from muscle_pipeline.evaluation import compare_methods
+    from muscle_pipeline.io import write_label_map
+
+    methods = methods or METHODS
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image, label = test_crop(test_side)
+    structures = list(read_bundle_config(bundle_path(bundle))["structures"])
+    values = [right_value(name) for name in structures]
+    # reference: this leg's structures only (the other leg's inside the crop margin are not scored)
+    reference = torch.where(torch.isin(label[0].as_tensor(), torch.tensor(values, dtype=label.dtype)), label[0], 0)
+    ref_path = write_label_map(reference.to(torch.uint8), image, out / f"reference_{test_side}.nii.gz")
+    pairs = {}
+    for name, kind in methods.items():
+        model = load_model(bundle, models_dir=models_dir, kind=kind)
+        prediction = model.predict(image)
+        pred_path = write_label_map(prediction, image, out / f"prediction_{kind}_{test_side}.nii.gz")
+        pairs[name] = {f"{test_side}_leg": (pred_path, ref_path)}
+    rows = compare_methods(pairs, labels=values, out_dir=out)
+    write_table(rows, out / "comparison_table.md")
+    plot_paired(rows, out / "dice_asd_paired.png")
+    return rows
+
+
+def write_table(rows: Sequence[dict], path: str | Path) -> Path:
+    """Markdown table: one row per structure, Dice and ASD (mm) per method, then the means."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    cell = {(r["method"], r["name"]): r for r in rows}
+    head = "| structure | " + " | ".join(f"Dice {m}" for m in methods) + " | " + " | ".join(f"ASD {m} (mm)" for m in methods) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(methods))]
+    for name in names + ["mean"]:
+        if name == "mean":
+            dice = [np.mean([cell[m, n]["dice"] for n in names]) for m in methods]
+            asd = [np.mean([cell[m, n]["asd_mm"] for n in names]) for m in methods]
+        else:
+            dice = [cell[m, name]["dice"] for m in methods]
+            asd = [cell[m, name]["asd_mm"] for m in methods]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in dice) + " | " + " | ".join(f"{v:.2f}" for v in asd) + " |")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def plot_paired(rows: Sequence[dict], path: str | Path) -> Path:
+    """Paired box plot: Dice and ASD per method, one box over the structures, each structure a
+    line joining its values across methods (the seed's figure, structures as the pairs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    cell = {(r["method"], r["name"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, metric, title in ((axes[0], "dice", "Dice"), (axes[1], "asd_mm", "ASD (mm)")):
+        data = np.array([[cell[m, n][metric] for m in methods] for n in names], dtype=float)
+        ax.boxplot([data[:, j][np.isfinite(data[:, j])] for j in range(len(methods))], tick_labels=methods,
+                   widths=0.5)
+        for i, name in enumerate(names):
+            ax.plot(np.arange(1, len(methods) + 1), data[i], "o-", alpha=0.7, label=name)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("Held-out leg (real CT, trained on the other leg): per structure, paired across methods")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
