@@ -15,7 +15,7 @@ from .grid import Grid, make_grid
 MODALITIES = ("mr", "ct")
 # leg gap (mm between the skin of the two legs at mid-region) drawn per phantom
 _GAP_MM = {"thigh": (15.0, 40.0), "calf": (30.0, 70.0)}
-_TOUCHING_GAP_MM = -12.0  # legs pressed together: outlines overlap, flattened at the midline
+_TOUCHING_GAP_MM = -8.0  # legs pressed together: outlines overlap, flattened at the midline
 
 
 @dataclass
