@@ -1,0 +1,42 @@
+"""``muscle-pipeline segment INPUT... -o OUT --model NAME``: the main job (files or folders)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "segment",
+        help="segment every scan found in the inputs; one output folder per case",
+        description="Segment every DICOM series / NIfTI / NRRD / MHA found (recursively) in the inputs. "
+        "Writes <OUT>/<case_id>/{segmentation.nii.gz, labels.json, volumes.csv, qc.png, report.json"
+        "[, segmentation.dcm]}, batch_report.csv/json and cohort_volumes.csv. Finished cases are skipped "
+        "on a re-run; a failing case is reported and the batch goes on.",
+    )
+    p.add_argument("inputs", nargs="+", help="scan files or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--model", default="calf_mri", help="calf_mri | hip_ct | path to a bundle (default calf_mri)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
+    p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n (1-based), e.g. "
+                   "--shard $((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT")
+    p.add_argument("--side", choices=["left", "right"], default=None,
+                   help="side of the leg when a scan holds a single leg (default: from the header)")
+    p.add_argument("--no-dicom-seg", action="store_true", help="do not write DICOM-SEG for DICOM inputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args) -> int:
+    from muscle_pipeline.api import batch_exit_code, segment
+
+    results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
+                      shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+        if r.status == "failed":
+            print(f"FAILED {r.case_id}: {r.reason}", file=sys.stderr)
+    print("cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"  -> {args.output}")
+    return batch_exit_code(results)

@@ -1,0 +1,102 @@
+"""Segment one scan: legs split, left legs mirrored, per-leg model, results back on the scan's grid.
+
+    image (X, Y, Z) on the scanner's grid
+      └─ split_legs            one crop per leg (side from world x, never array order)
+          └─ MirrorToRight     left legs reflected so every crop is a right leg
+              └─ model.predict right-side ontology values on the crop's grid
+          └─ MirrorToRight.inverse(labels=True)  un-mirrored, values swapped to LEFT for left legs
+      └─ merge_legs            one label map on the input's own grid and affine
+
+The model (a cascade bundle, or any object with ``predict`` and ``structures``) never sees
+which side it works on: naming the side is this module's job, from the header's patient axes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from muscle_pipeline.errors import UnsupportedImageError
+from muscle_pipeline.transforms.legs import MirrorToRight, merge_legs, split_legs
+
+
+def channel_first(image: MetaTensor) -> MetaTensor:
+    """(X, Y, Z) → (1, X, Y, Z) as a new MetaTensor built from the 4D array.
+
+    Not ``image[None]``: MONAI 1.6 caches ``spatial_ndim`` when a MetaTensor is created, and a 3D
+    tensor made without ``original_channel_dim`` caches 2 (its first axis taken for a channel);
+    indexing keeps that, and later crops then silently skip the affine shift of the last axis.
+    """
+    if image.ndim == 4:
+        return image
+    meta = {k: v for k, v in image.meta.items() if k != "affine"}
+    return MetaTensor(image.as_tensor()[None], affine=image.affine.clone(), meta=meta)
+
+
+@dataclass
+class SegmentationResult:
+    labels: MetaTensor  # (X, Y, Z) uint8 ontology values on the input's grid and affine
+    legs: list[dict]  # per leg: side, how the side was decided, crop box, volume
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    warnings: list[str] = field(default_factory=list)
+
+
+def segment_image(
+    image: MetaTensor,
+    model,
+    side: str | None = None,
+    margin_mm: float = 15.0,
+    stage: Callable[[str], None] | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` ((X, Y, Z) or (1, X, Y, Z) MetaTensor, voxel→RAS affine) with ``model``.
+
+    ``side`` is a hint used only when the scan holds a single leg. Returns ontology values with
+    left-leg structures on LEFT values, on exactly the input's grid.
+    """
+    stage = stage or (lambda name: None)
+    if not isinstance(image, MetaTensor):
+        raise TypeError("segment_image needs a MetaTensor (use muscle_pipeline.io.read_image)")
+    img = channel_first(image)
+    if img.ndim != 4 or img.shape[0] != 1:
+        raise UnsupportedImageError(image.meta.get("filename_or_obj"), f"expected one 3D volume, got shape {tuple(image.shape)}")
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    stage("split legs")
+    t0 = time.perf_counter()
+    crops = split_legs(img, margin_mm=margin_mm, side=side)
+    timings["split_legs"] = time.perf_counter() - t0
+    if not crops:
+        raise UnsupportedImageError(image.meta.get("filename_or_obj"), "no body found in the image (is it empty?)")
+    if len(crops) == 1 and crops[0].info.get("side_source", "").startswith("world x relative to isocentre"):
+        warnings.append(
+            f"single leg: side '{crops[0].side}' taken from its position relative to the scanner isocentre; "
+            "pass side= if that is wrong"
+        )
+
+    mirror = MirrorToRight()
+    leg_maps, legs = [], []
+    for crop in crops:
+        stage(f"segment {crop.side} leg")
+        t0 = time.perf_counter()
+        right_looking = mirror(crop.image, side=crop.side)
+        with torch.inference_mode():
+            pred = model.predict(right_looking)
+        pred = torch.as_tensor(np.asarray(pred)).reshape(right_looking.shape[1:])
+        meta = {k: v for k, v in right_looking.meta.items() if k != "affine"}
+        pred_mt = MetaTensor(pred[None].to(torch.uint8), affine=right_looking.affine.clone(), meta=meta)
+        pred_mt.applied_operations = list(right_looking.applied_operations)
+        back = MirrorToRight().inverse(pred_mt, labels=True)
+        leg_maps.append(back)
+        timings[f"model_{crop.side}"] = time.perf_counter() - t0
+        legs.append({k: crop.info.get(k) for k in ("side", "side_source", "roi_start", "roi_end", "volume_ml", "centroid_mm")})
+
+    stage("merge")
+    merged = merge_legs(leg_maps, img, legs=[c.info for c in crops])
+    meta = {k: v for k, v in image.meta.items() if k != "affine"}
+    out = MetaTensor(merged[0].to(torch.uint8), affine=image.affine.clone(), meta=meta)
+    return SegmentationResult(labels=out, legs=legs, timings=timings, warnings=warnings)
