@@ -20,19 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import labels as ontology
-from .shapes import F32, Capsule, CupShell, Ellipsoid, Plate, Solid, Tube, TriTube, ZBins
+from .shapes import F32, Capsule, CupShell, Ellipsoid, Plate, Solid, Tube, TriTube, ZBins, keyframed
 
 # ------------------------------------------------------------------------------------ entries
-TISSUES = ("air", "skin", "fat", "intermuscular_fat", "viscera", "muscle", "cortex", "marrow")
-
-
 @dataclass
 class Entry:
     """One kind of voxel: what label it gets and what tissue (intensity class) it is."""
 
     name: str  # ontology name (e.g. "soleus_left") or a descriptive one for label 0
     label: int
-    tissue: str
+    tissue: str  # air | skin | fat | intermuscular_fat | viscera | muscle | cortex | marrow
     side: str | None = None
     structure: str | None = None  # side-less ontology structure name (muscles and bones)
 
@@ -57,9 +54,6 @@ class Registry:
             self._index[key] = len(self.entries)
             self.entries.append(entry)
         return self._index[key]
-
-    def index(self, name: str, tissue: str) -> int:
-        return self._index[f"{name}:{tissue}"]
 
     def lut(self, attr: str, dtype) -> np.ndarray:
         return np.array([getattr(e, attr) for e in self.entries], dtype=dtype)
@@ -384,7 +378,7 @@ class SideAnatomy:
         self.outlines = []
         for o in spec.outlines:
             tube = Tube(self.zb, o.z, o.u, o.v, o.a, o.b, 0.0, o.z_range, o.ramp, expand=0)
-            fat = _keyframed(self.zb, o.z, o.fat) * F32(subject["fat"])
+            fat = keyframed(self.zb, o.z, o.fat) * F32(subject["fat"])
             self.outlines.append(_Outline(tube, fat, o.mod))
 
         self.bones = []
@@ -396,7 +390,7 @@ class SideAnatomy:
             parts = []
             for factory, cortex_mm in bone.parts:
                 # cortex: a constant (mm) or keyframes (z knots, mm values)
-                cmm = _keyframed(self.zb, *cortex_mm) if isinstance(cortex_mm, tuple) else float(cortex_mm)
+                cmm = keyframed(self.zb, *cortex_mm) if isinstance(cortex_mm, tuple) else float(cortex_mm)
                 parts.append((factory(self.zb, 1.0), cmm))
             self.bones.append(_Bone(bone.name, cortex, marrow, parts, bone.carve))
 
@@ -526,8 +520,4 @@ def _overlaps(extent, z: np.ndarray) -> bool:
     return z.size > 0 and extent[0] <= float(z.max()) and extent[1] >= float(z.min())
 
 
-def _keyframed(zb, z, values):
-    from .shapes import keyframed
-
-    return keyframed(zb, z, values)
 

@@ -10,7 +10,7 @@ import numpy as np
 from .. import labels as ontology
 from .anatomy import REGIONS, Registry, SideAnatomy, modelled_muscles
 from .contrast import BiasField, add_noise, entry_intensities
-from .grid import Grid, make_grid
+from .grid import Grid, make_grid, parse_orientation
 
 MODALITIES = ("mr", "ct")
 # leg gap (mm between the skin of the two legs at mid-region) drawn per phantom
@@ -99,17 +99,36 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
                  orientation: str = "RAS", rotation_deg=(0.0, 0.0, 0.0), seed: int = 0, muscles=None,
                  bias: float = 0.3, noise: float = 0.03, legs_touching: bool = False,
                  center_mm=(0.0, 0.0, 0.0), septum_mm: float = 1.0, max_slab_voxels: int = 1 << 18) -> Phantom:
-    """Make a bilateral thigh, calf or hip phantom.
+    """Make a bilateral thigh, calf or hip phantom -> ``Phantom(image, labels, info)``.
 
+    region: "thigh" (knee to lesser trochanter), "calf" (ankle to tibial plateau) or "hip"
+    (proximal thigh to iliac crest, one trunk). modality: "mr" (T1-like) or "ct" (HU).
     shape, spacing: per array axis (voxels, mm); ``spacing=None`` fits the region's field of
-    view (about 420x220x360 mm thigh, 290x160x320 calf, 380x270x262 hip along world x, y, z).
+    view (about 420x220x360 mm thigh, 290x160x320 calf, 380x270x272 hip along world x, y, z),
+    isotropic in the axial plane.
     orientation: any 3-letter code (array axis i points towards letter i, e.g. "LPS", "PIR").
-    rotation_deg: rotation of the whole anatomy about the FOV centre (extrinsic x, y, z).
-    muscles: side-less or sided ontology names to label (default all modelled muscles);
-    others keep muscle intensity but label 0.
-    bias: MR bias-field strength (log-intensity amplitude); noise: noise SD (MR: fraction of
-    fat intensity, Rician; CT: x 500 HU, Gaussian). septum_mm: intermuscular fat septa width.
-    The anatomy lives in world mm, so one seed gives the same physical object on any grid.
+    rotation_deg: rotation of the whole anatomy about the FOV centre (extrinsic about world x,
+    then y, then z), e.g. to tilt the femoral axis; the bone axes in ``info`` follow it.
+    center_mm: world position of the FOV centre (the anatomy's midline passes through it).
+    muscles: side-less ("soleus") or sided ("soleus_left") names to label; default all of
+    ``available_muscles(region)``. Unrequested muscles stay in the image with their own muscle
+    intensity (the image is the same as without ``muscles``) but get label 0; bones and
+    tissues are always labelled.
+    bias: MR bias-field strength (log-intensity amplitude, 0 = none; ignored for CT).
+    noise: noise SD — MR: fraction of the fat intensity, Rician; CT: x 500 HU, Gaussian.
+    legs_touching: legs pressed together (no background between them in some slices).
+    septum_mm: width of the intermuscular fat septa (label ``intermuscular_fat``).
+    max_slab_voxels: voxels generated at once (memory bound; results do not depend on it).
+
+    The anatomy lives in world mm: one seed gives the same physical object on any grid, and the
+    subject's left leg (labels base + 100) lies at smaller world (RAS) x.
+
+    info keys: region, modality, seed, shape, spacing, orientation, affine, rotation_deg,
+    rotation_matrix, center_mm, midline, legs (per side: side, label_offset, femur_axis /
+    tibia_axis unit vectors pointing superior + a point on them, femoral_head_center_mm for
+    the hip), subject (random subject parameters), label_voxels (name -> count), muscles
+    (labelled side-less names), tissue_values, units, bias, noise, legs_touching, septum_mm,
+    muscles_requested, z_mid.
     """
     _check_region(region)
     if modality not in MODALITIES:
@@ -128,8 +147,6 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
     registry = Registry()
     sides = {"right": SideAnatomy(spec, "right", registry, np.random.default_rng(s_right), subject, labelled),
              "left": SideAnatomy(spec, "left", registry, np.random.default_rng(s_left), subject, labelled)}
-
-    from .grid import parse_orientation
 
     ornt = parse_orientation(orientation)
     if spacing is None:

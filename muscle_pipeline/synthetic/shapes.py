@@ -127,11 +127,6 @@ class Tube:
         sl = slice(zi_lo, zi_hi + 1)
         return (self._box[0][sl].min(), self._box[1][sl].max(), self._box[2][sl].min(), self._box[3][sl].max())
 
-    def shift(self, du: np.ndarray, dv: np.ndarray) -> None:
-        """Move the whole tube by per-bin offsets (e.g. the leg centre along z)."""
-        self.cu = (self.cu + du).astype(F32)
-        self.cv = (self.cv + dv).astype(F32)
-
     def sd(self, u, v, zi):
         a, b = self.a[zi], self.b[zi]
         sd = ellipse_sd(u - self.cu[zi], v - self.cv[zi], np.maximum(a, F32(1e-3)), np.maximum(b, F32(1e-3)),
