@@ -201,7 +201,10 @@ def _meta(array: np.ndarray, affine: np.ndarray):
     import torch
     from monai.data import MetaTensor
 
-    return MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(affine, dtype=torch.float64))
+    # original_channel_dim=nan: a 3D volume with no channel, as io.read_image declares; without
+    # it MONAI 1.6 caches spatial_ndim=2 and later crops of x[None] skip the last axis' shift.
+    return MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(affine, dtype=torch.float64),
+                      meta={"original_channel_dim": float("nan")})
 
 
 def _axis_world(grid: Grid, side: str, direction_side_frame) -> list[float]:
