@@ -43,7 +43,7 @@ CT_SEG = "totalsegmentator/ct_abdomen_pelvis/example_seg_fast_force_split.nii.gz
 
 @lru_cache(maxsize=None)
 def _load(path: str) -> MetaTensor:
-    return LoadImage(image_only=True, ensure_channel_first=True)(path)
+    return LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(path)
 
 
 def load(shared_data, rel) -> MetaTensor:
