@@ -161,7 +161,18 @@ def body_mask(
 
 
 def _body_mask_array(arr, spacing, axes, thr, closing_mm, min_component_fraction) -> np.ndarray:
-    mask = arr > thr
+    full = arr > thr
+    if not full.any():
+        return full
+    # morphology only on the bounding box of the foreground (often a third of the field of view)
+    lo, hi = np.argwhere(full).min(axis=0), np.argwhere(full).max(axis=0) + 1
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    out = np.zeros_like(full)
+    out[box] = _body_mask_box(full[box], spacing, axes, closing_mm, min_component_fraction)
+    return out
+
+
+def _body_mask_box(mask, spacing, axes, closing_mm, min_component_fraction) -> np.ndarray:
     # Closing bridges the dark fat/fascia gaps of fat-suppressed images; in-plane only, since
     # slices may be 6–20 mm apart. No opening: on coarse grids it breaks the thin subcutaneous
     # fat ring, and noise specks and the CT table go with the component filter below.
@@ -210,6 +221,16 @@ class LegSplit:
     boundary: np.ndarray | None  # float, one per index along si; None for a single leg
     separate: np.ndarray  # bool per si index
     method: str  # "components", "midline" or "single"
+    valley: np.ndarray | None = None  # per si index: profile valley ratio (1 = none, nan = no body)
+    dip_ratio: float = 0.8  # valley ratio at or below which two touching legs are assumed
+
+    @property
+    def joined(self) -> np.ndarray:
+        """Slices where a bilateral body is one blob without a valley between the legs (pelvis,
+        trunk); False for a single leg."""
+        if self.n_legs == 1 or self.valley is None:
+            return np.zeros_like(self.separate)
+        return ~self.separate & np.isfinite(self.valley) & (np.nan_to_num(self.valley, nan=0.0) > self.dip_ratio)
 
 
 def _fill_nan_nearest(values: np.ndarray) -> np.ndarray:
@@ -345,7 +366,7 @@ def find_split(
         valley = bool(body_slices) and float(np.nanmedian(dips[body_slices])) <= dip_ratio
         n_legs = 2 if (sep_idx.size or wide or valley) else 1
     if n_legs == 1 or not body_slices:
-        return LegSplit(1, axes, None, separate, "single")
+        return LegSplit(1, axes, None, separate, "single", dips, dip_ratio)
 
     for k in body_slices:
         if separate[k]:
@@ -376,7 +397,7 @@ def find_split(
         smoothed[k] = float(np.clip(smoothed[k], gap_lo, gap_hi))
     boundary = _fill_nan_nearest(smoothed)
     method = "components" if sep_idx.size == len(body_slices) else "midline"
-    return LegSplit(2, axes, boundary, separate, method)
+    return LegSplit(2, axes, boundary, separate, method, dips, dip_ratio)
 
 
 def owned_mask(info: Mapping, full: bool = False) -> np.ndarray:
@@ -434,7 +455,8 @@ def plan_legs(
     ``side`` is only used for a single leg (see module docstring). Each dict holds ``side``,
     ``part`` ("low"/"high"/"all"), ``roi_start``/``roi_end`` (original voxel indices),
     ``boundary`` (the split per slice along si), axes, ``spatial_shape``, ``volume_ml`` and
-    ``centroid_mm`` (world RAS) of the leg's body voxels, and ``side_source``.
+    ``centroid_mm`` (world RAS) of the leg's body voxels, ``side_source``, and ``joined`` (per
+    slice: the body was one blob without a valley between the legs, i.e. pelvis or trunk).
     """
     if side is not None and side not in SIDES:
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
@@ -452,6 +474,8 @@ def plan_legs(
         "boundary": None if split.boundary is None else split.boundary.tolist(),
         "n_legs": split.n_legs,
         "split_method": split.method,
+        # per slice along si: a bilateral body without a valley (pelvis/trunk) — region.py's hip cue
+        "joined": split.joined.tolist(),
     }
     parts = ["all"] if split.n_legs == 1 else ["low", "high"]
     legs = []
@@ -663,6 +687,8 @@ class MirrorToRight(InvertibleTransform):
             flipped = torch.flip(out.as_tensor(), dims=(lr + 1,))
             out.set_array(_swap_label_values(flipped) if self.labels else flipped)
             out.affine = torch.as_tensor(mirror_affine(affine, lr, img.shape[lr + 1]), dtype=torch.float64)
+            if LEG_META_KEY in out.meta:  # it now is, anatomically and in world x, a right leg
+                out.meta[LEG_META_KEY] = dict(out.meta[LEG_META_KEY], side="right", mirrored_from="left")
         extra = {"mirrored": side == "left", "lr_axis": lr, "affine": affine.tolist(), "labels": self.labels}
         self.push_transform(out, extra_info=extra)
         return out
@@ -680,6 +706,9 @@ class MirrorToRight(InvertibleTransform):
         flipped = torch.flip(out.as_tensor(), dims=(lr + 1,))
         out.set_array(_swap_label_values(flipped) if labels else flipped)
         out.affine = torch.as_tensor(np.asarray(extra["affine"]), dtype=torch.float64)
+        leg = out.meta.get(LEG_META_KEY)
+        if isinstance(leg, Mapping) and leg.get("mirrored_from"):
+            out.meta[LEG_META_KEY] = {k: v for k, v in leg.items() if k != "mirrored_from"} | {"side": leg["mirrored_from"]}
         return out
 
 

@@ -1,0 +1,363 @@
+"""Which body region a scan shows (hip, thigh, leg, foot) and which side a leg is, from its bones.
+
+As QMRITools' ``SegmentData`` does before choosing a network, every axial slice of every leg is
+classified from its cross-section and its bones, and the slices vote. The rule (no trained
+model; the thresholds were set by looking at the real scans in ``shared/data`` and the
+synthetic phantoms, and are listed in :data:`RULES`), applied per leg and slice in this order:
+
+1. **hip** — a bilateral body that is one blob with no valley between the legs (pelvis, or the
+   trunk above it), or a leg cross-section of at least 180 cm² holding a bone of at least
+   12 cm² (half a pelvis with the femoral head and acetabulum or the iliac wing);
+2. **foot** — an elongated outline (major/minor axis ≥ 1.6: a foot cut across is long
+   front-to-back), or at least four bones in an outline elongated ≥ 1.4;
+3. **thigh / leg** — the *principal bone* is the bone of at least 2 cm² nearest the centre of
+   the cross-section. The femur lies deep in the thigh (shortest distance to the skin ≥ 25 % of
+   the cross-section's equivalent radius; measured 0.30–0.55), while the tibia's front is just
+   under the skin (measured 0.02–0.22): deep → thigh, superficial → leg.
+
+Bones: CT > 200 HU (holes filled). MR cortex is dark in every contrast while marrow is bright
+(T1, in-phase, fat) or dark (water, fat-suppressed), so two detectors are united: dark rings or
+blobs not touching the skin, hole-filled; and thick dark blobs (opened with a 2.5 mm disk)
+inside the convex hull of the muscle (the not-dark tissue), which finds a dark tibia lying
+against the dark subcutaneous fat of a water image. Intensities are relative to the median of
+the leg's interior, so no contrast has to be named.
+
+Side (:func:`recognize_side`): the header side (``meta['leg']['side']`` of a split leg, a
+caller's hint, or world x relative to the isocentre) is checked against anatomy read in world
+coordinates: in a leg (calf) the fibula lies lateral to the tibia, in a thigh the femur lies
+lateral to the centre of the cross-section (the adductors make the medial side bulky); lateral
+is +x (RAS) for a right leg. A disagreement is returned and warned about. Anatomy cannot catch a
+pure left–right mirror error of the whole header (a mirrored right leg *is* a left leg); it
+catches a wrong position-based guess, e.g. a single leg whose header origin is arbitrary.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from scipy import ndimage as ndi
+from skimage.measure import label as label_components
+from skimage.measure import regionprops
+from skimage.morphology import convex_hull_image, disk
+
+from muscle_pipeline.transforms.legs import (
+    LEG_META_KEY,
+    body_mask,
+    find_split,
+    leg_axes,
+    owned_mask,
+    voxel_spacing,
+)
+
+REGIONS = ("foot", "leg", "thigh", "hip")  # inferior → superior
+
+RULES = {
+    "min_leg_area_cm2": 20.0,  # smaller cross-sections (toes, a scan's edge) do not vote
+    "hip_leg_area_cm2": 180.0,
+    "hip_bone_area_cm2": 12.0,
+    "foot_elongation": 1.6,
+    "foot_many_bones": 4,
+    "foot_many_bones_elongation": 1.4,
+    "principal_bone_cm2": 2.0,
+    "thigh_depth_ratio": 0.25,
+    "min_bone_mm2": 30.0,
+    "ct_bone_hu": 200.0,
+    "mr_dark_fraction": 0.45,  # dark = below this fraction of the leg interior's median
+    "thigh_femur_offset": 0.08,  # side vote only when the femur is this many radii off-centre
+    "side_min_votes": 3,
+    "side_agreement": 0.7,
+}
+
+
+@dataclass
+class Bone:
+    """One bone cross-section in a slice (in-plane array coordinates of the (lr, ap) slice)."""
+
+    area_mm2: float
+    centroid: np.ndarray  # (lr, ap) index
+    depth_ratio: float  # shortest distance to the skin / equivalent radius of the cross-section
+    centre_ratio: float  # distance from the cross-section's centroid / equivalent radius
+
+
+@dataclass
+class SliceFeatures:
+    """Cross-section of one leg in one axial slice."""
+
+    index: int  # along the array axis closest to world z
+    area_cm2: float
+    elongation: float
+    centroid: np.ndarray  # (lr, ap) index
+    radius_mm: float
+    bones: list[Bone]
+    joined: bool  # part of a bilateral body without a valley (pelvis/trunk)
+
+    @property
+    def principal_bone(self) -> Bone | None:
+        big = [b for b in self.bones if b.area_mm2 >= RULES["principal_bone_cm2"] * 100]
+        return min(big, key=lambda b: b.centre_ratio) if big else None
+
+
+@dataclass
+class RegionResult:
+    """``region``: "foot" | "leg" | "thigh" | "hip" (None when no slice could vote);
+    ``per_slice``: the vote of each slice along the array axis closest to world z (None: no
+    vote or legs disagreeing); ``confidence``: share of the leg-slice votes that agree with
+    ``region``; ``votes``: the counts."""
+
+    region: str | None
+    per_slice: list[str | None]
+    confidence: float
+    votes: dict = field(default_factory=dict)
+
+
+@dataclass
+class SideResult:
+    """``side``: the header side (what the pipeline uses); ``anatomical``: what the bones say
+    (None when undecided); ``agree``: None when anatomy is undecided; ``evidence``: how many
+    slices voted right/left and with which rule."""
+
+    side: str
+    header_source: str
+    anatomical: str | None
+    agree: bool | None
+    evidence: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+def _is_ct(array: np.ndarray) -> bool:
+    # air in CT is about -1000 HU; MR intensities are not negative to that degree
+    return float(np.percentile(array, 1)) < -500.0
+
+
+def _bones_in_slice(image2d: np.ndarray, leg2d: np.ndarray, pixel_mm: float, ct: bool) -> list[Bone]:
+    if ct:
+        bone = ndi.binary_fill_holes(ndi.binary_closing((image2d > RULES["ct_bone_hu"]) & leg2d)) & leg2d
+    else:
+        inner = ndi.binary_erosion(leg2d, iterations=max(1, int(round(4.0 / pixel_mm))))
+        if inner.sum() < 20:
+            return []
+        dark = (image2d < RULES["mr_dark_fraction"] * float(np.median(image2d[inner]))) & leg2d
+        # (a) dark cortex rings / blobs that do not touch the skin, hole-filled (bright marrow)
+        rings = ndi.binary_opening(dark, structure=np.ones((2, 2), bool))
+        lab, _ = ndi.label(rings)
+        rings &= ~np.isin(lab, np.unique(lab[rings & ~inner]))
+        bone = ndi.binary_fill_holes(rings)
+        # (b) thick dark blobs inside the hull of the muscle (fat-suppressed marrow is dark, and
+        # the tibia may touch the dark subcutaneous fat)
+        muscle = ndi.binary_opening(leg2d & ~dark, structure=disk(max(1, int(round(2.0 / pixel_mm)))))
+        lab, n = ndi.label(muscle)
+        if n:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            muscle = np.isin(lab, np.flatnonzero(sizes >= 0.02 * sizes.max()))
+            hull = convex_hull_image(muscle)
+            bone |= ndi.binary_opening(dark & hull, structure=disk(max(1, int(round(2.5 / pixel_mm)))))
+    radius = np.sqrt(leg2d.sum() / np.pi)
+    centre = np.array(ndi.center_of_mass(leg2d))
+    depth = ndi.distance_transform_edt(leg2d)
+    bones = []
+    for region in regionprops(label_components(bone)):
+        area = region.area * pixel_mm * pixel_mm
+        if area < RULES["min_bone_mm2"]:
+            continue
+        coords = region.coords
+        bones.append(Bone(
+            area_mm2=float(area),
+            centroid=np.asarray(region.centroid),
+            depth_ratio=float(depth[coords[:, 0], coords[:, 1]].min() / radius),
+            centre_ratio=float(np.linalg.norm(np.asarray(region.centroid) - centre) / radius),
+        ))
+    return bones
+
+
+def _leg_parts(image: MetaTensor):
+    """Yield (canonical leg mask (lr, ap, si), canonical image, axes, joined per slice)."""
+    affine = np.asarray(image.affine, dtype=float)
+    axes = leg_axes(affine)
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    array = (array[0] if array.ndim == 4 else array).astype(np.float32)
+    mask = body_mask(image, affine)
+    info = image.meta.get(LEG_META_KEY) if isinstance(image, MetaTensor) else None
+    canon = (axes.lr, axes.ap, axes.si)
+    if info is not None and list(info["spatial_shape"]) != list(array.shape):
+        # a crop from SplitLegs: one leg, only the voxels it owns
+        own = owned_mask(info)
+        si_range = slice(info["roi_start"][axes.si], info["roi_end"][axes.si])
+        joined = np.asarray(info.get("joined") or [False] * info["spatial_shape"][axes.si], bool)[si_range]
+        yield np.transpose(mask & own, canon), np.transpose(array, canon), axes, joined
+        return
+    split = find_split(mask, affine)
+    parts = ["all"] if split.n_legs == 1 else ["low", "high"]
+    for part in parts:
+        part_info = {"part": part, "lr_axis": axes.lr, "si_axis": axes.si, "spatial_shape": list(mask.shape),
+                     "roi_start": [0, 0, 0], "roi_end": list(mask.shape),
+                     "boundary": None if split.boundary is None else split.boundary.tolist()}
+        own = owned_mask(part_info, full=True)
+        yield np.transpose(mask & own, canon), np.transpose(array, canon), axes, split.joined
+
+
+def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor`` x ``factor`` in-plane blocks of an (lr, ap, si) array."""
+    nx, ny = (array.shape[0] // factor) * factor, (array.shape[1] // factor) * factor
+    trimmed = array[:nx, :ny]
+    return trimmed.reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3))
+
+
+def slice_features(image: MetaTensor, working_mm: float = 1.5) -> list[list[SliceFeatures]]:
+    """Per leg (left/right or one), the cross-section features of every axial slice with body.
+
+    In-plane coordinates (``centroid``) are on a grid coarsened to about ``working_mm``.
+    """
+    affine = np.asarray(image.affine, dtype=float)
+    spacing = voxel_spacing(affine)
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    ct = _is_ct(array)
+    legs = []
+    for leg_mask, values, axes, joined in _leg_parts(image):
+        pixel_mm = float(np.sqrt(spacing[axes.lr] * spacing[axes.ap]))
+        factor = max(1, int(working_mm // pixel_mm))
+        if factor > 1:  # bones and outlines need no sub-millimetre grid; 4x fewer pixels
+            leg_mask = _block_mean(leg_mask.astype(np.float32), factor) >= 0.5
+            values = _block_mean(values, factor)
+            pixel_mm *= factor
+        features = []
+        for k in range(leg_mask.shape[2]):
+            leg2d = leg_mask[:, :, k]
+            if not leg2d.any():
+                continue
+            lab, n = ndi.label(leg2d)
+            if n > 1:  # one leg is one blob: drop hands or fragments beside it
+                sizes = np.bincount(lab.ravel())
+                sizes[0] = 0
+                leg2d = np.isin(lab, np.flatnonzero(sizes >= 0.3 * sizes.max()))
+            area_cm2 = leg2d.sum() * pixel_mm * pixel_mm / 100.0
+            if area_cm2 < RULES["min_leg_area_cm2"]:
+                continue
+            # work on the leg's bounding box (plus a rim): the slice may be mostly air
+            (x0, y0), (x1, y1) = np.argwhere(leg2d).min(axis=0), np.argwhere(leg2d).max(axis=0)
+            box = (slice(max(x0 - 3, 0), x1 + 4), slice(max(y0 - 3, 0), y1 + 4))
+            offset = np.array([box[0].start, box[1].start], dtype=float)
+            leg_box = leg2d[box]
+            props = regionprops(leg_box.astype(np.uint8))[0]
+            elongation = props.axis_major_length / max(props.axis_minor_length, 1.0)
+            bones = _bones_in_slice(values[:, :, k][box], leg_box, pixel_mm, ct)
+            for bone in bones:
+                bone.centroid = bone.centroid + offset
+            features.append(SliceFeatures(
+                index=k, area_cm2=float(area_cm2), elongation=float(elongation),
+                centroid=np.asarray(props.centroid) + offset,
+                radius_mm=float(np.sqrt(leg2d.sum() / np.pi) * pixel_mm), bones=bones, joined=bool(joined[k]),
+            ))
+        legs.append(features)
+    return legs
+
+
+def classify_slice(f: SliceFeatures) -> str | None:
+    """The region one leg's cross-section shows (rule in the module docstring), or None."""
+    largest = max((b.area_mm2 for b in f.bones), default=0.0)
+    if f.joined or (f.area_cm2 >= RULES["hip_leg_area_cm2"] and largest >= RULES["hip_bone_area_cm2"] * 100):
+        return "hip"
+    many = sum(b.area_mm2 >= 50 for b in f.bones) >= RULES["foot_many_bones"]
+    if f.elongation >= RULES["foot_elongation"] or (many and f.elongation >= RULES["foot_many_bones_elongation"]):
+        return "foot"
+    principal = f.principal_bone
+    if principal is None:
+        return None
+    return "thigh" if principal.depth_ratio >= RULES["thigh_depth_ratio"] else "leg"
+
+
+def recognize_region(image: MetaTensor) -> RegionResult:
+    """Hip, thigh, leg (lower leg) or foot for a channel-first MetaTensor ``(C, X, Y, Z)``: a
+    bilateral scan, a single leg, or a crop from :class:`~muscle_pipeline.transforms.legs.SplitLegs`.
+    ``per_slice`` runs along the array axis closest to world z, in array order."""
+    n_slices = image.shape[1 + leg_axes(image.affine).si]
+    per_slice_votes: list[list[str]] = [[] for _ in range(n_slices)]
+    for leg in slice_features(image):
+        for f in leg:
+            vote = classify_slice(f)
+            if vote is not None:
+                per_slice_votes[f.index].append(vote)
+    votes = Counter(v for slice_votes in per_slice_votes for v in slice_votes)
+    per_slice: list[str | None] = []
+    for slice_votes in per_slice_votes:
+        counts = Counter(slice_votes).most_common()
+        tied = len(counts) > 1 and counts[0][1] == counts[1][1]
+        per_slice.append(counts[0][0] if counts and not tied else None)
+    if not votes:
+        return RegionResult(None, per_slice, 0.0, {})
+    region, count = votes.most_common(1)[0]
+    return RegionResult(region, per_slice, count / sum(votes.values()), dict(votes))
+
+
+# --------------------------------------------------------------------------------------------
+def _world_dx(affine: np.ndarray, axes, d_lr: float, d_ap: float) -> float:
+    """World x difference of an in-plane displacement given in (lr, ap) index units."""
+    step = np.zeros(3)
+    step[axes.lr], step[axes.ap] = d_lr, d_ap
+    return float((affine[:3, :3] @ step)[0])
+
+
+def recognize_side(leg_image: MetaTensor, header_side: str | None = None, region: str | None = None,
+                   warn: bool = True) -> SideResult:
+    """Side of a single-leg image (a crop from ``SplitLegs`` or a one-leg scan), from the header
+    and confirmed by anatomy (see module docstring). ``header_side`` overrides the header;
+    ``region`` skips region recognition. Warns (``UserWarning``) when the two disagree."""
+    affine = np.asarray(leg_image.affine, dtype=float)
+    axes = leg_axes(affine)
+    info = leg_image.meta.get(LEG_META_KEY, {}) if isinstance(leg_image, MetaTensor) else {}
+    if header_side is not None:
+        source = "caller"
+    elif info.get("side") in ("left", "right"):
+        header_side, source = info["side"], info.get("side_source", "leg split")
+    else:
+        mask = body_mask(leg_image, affine)
+        centroid = affine[:3, :3] @ np.argwhere(mask).mean(axis=0) + affine[:3, 3]
+        header_side, source = ("right" if centroid[0] > 0 else "left"), "world x relative to isocentre x=0"
+
+    legs = slice_features(leg_image)
+    features = max(legs, key=len) if legs else []
+    if region is None:
+        region_votes = Counter(v for v in (classify_slice(f) for f in features) if v)
+        region = region_votes.most_common(1)[0][0] if region_votes else None
+
+    right = left = 0
+    for f in features:
+        principal = f.principal_bone
+        if principal is None:
+            continue
+        if region == "leg":
+            # fibula: a deep, small bone beside the tibia
+            fibulae = [b for b in f.bones if b is not principal and 40 <= b.area_mm2 <= 400 and b.depth_ratio >= 0.2]
+            if not fibulae:
+                continue
+            # the fibula lies next to the tibia; dark vessels in the calf muscles lie further away
+            fibula = min(fibulae, key=lambda b: np.linalg.norm(b.centroid - principal.centroid))
+            d = fibula.centroid - principal.centroid
+            dx = _world_dx(affine, axes, d[0], d[1])
+        elif region == "thigh":
+            d = principal.centroid - f.centroid
+            dx = _world_dx(affine, axes, d[0], d[1])  # mm
+            # real thighs: femur 0.10–0.22 radii lateral of the centre (J5, J6, test_up, SWastling);
+            # nearer the centre it cannot tell
+            if abs(dx) < RULES["thigh_femur_offset"] * f.radius_mm:
+                continue
+        else:
+            continue
+        # lateral is +x (towards the subject's right) for a right leg
+        right += dx > 0
+        left += dx < 0
+    evidence = {"region": region, "right_votes": int(right), "left_votes": int(left),
+                "rule": {"leg": "fibula lateral to tibia", "thigh": "femur lateral to thigh centre"}.get(region)}
+    total = right + left
+    anatomical = None
+    if total >= RULES["side_min_votes"] and max(right, left) >= RULES["side_agreement"] * total:
+        anatomical = "right" if right > left else "left"
+    agree = None if anatomical is None else anatomical == header_side
+    if agree is False and warn:
+        warnings.warn(f"leg side from the header ({header_side}, {source}) disagrees with anatomy "
+                      f"({anatomical}: {evidence['rule']}, {max(right, left)}/{total} slices)", stacklevel=2)
+    return SideResult(header_side, source, anatomical, agree, evidence)
