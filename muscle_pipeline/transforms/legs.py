@@ -22,6 +22,7 @@ Public API::
     SplitLegs / SplitLegsd                    # MONAI transforms (one→many, invertible crop)
     MirrorToRight / MirrorToRightd            # invertible: flip left legs + swap L/R label values
     merge_legs(leg_label_maps, original)      # one label map on the original grid
+    segment_per_leg(image, predict)           # all of it around a right-leg predictor
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import BorderPad, InvertibleTransform, MapTransform, Transform
+from monai.transforms import BorderPad, InvertibleTransform, MapTransform
 from monai.transforms.croppad.functional import crop_func
 from monai.utils import TraceKeys
 from scipy import ndimage as ndi
@@ -694,9 +695,11 @@ class MirrorToRight(InvertibleTransform):
         return out
 
     def inverse(self, data: torch.Tensor, labels: bool | None = None) -> MetaTensor:
-        transform = self.pop_transform(data, check=False)
+        # any MirrorToRight may invert (a prediction carries the image's record), so match by class
+        transform = self.get_most_recent_transform(data, check=False)
         if transform.get(TraceKeys.CLASS_NAME) != type(self).__name__:
             raise RuntimeError(f"most recent transform is {transform.get(TraceKeys.CLASS_NAME)}, not MirrorToRight")
+        self.pop_transform(data, check=False)
         extra = transform[TraceKeys.EXTRA_INFO]
         if not extra["mirrored"]:
             return data
@@ -715,13 +718,20 @@ class MirrorToRight(InvertibleTransform):
 class MirrorToRightd(MapTransform, InvertibleTransform):
     """Dictionary twin of :class:`MirrorToRight`. ``label_keys`` (a subset of ``keys``) get their
     left/right values swapped; the side comes from ``side_key`` in the dict (default
-    ``leg_side``, written by :class:`SplitLegsd`) or from each tensor's ``meta['leg']``."""
+    ``leg_side``, written by :class:`SplitLegsd`) or from each tensor's ``meta['leg']``.
+
+    ``invert_as_labels``: swap label values on ``inverse`` for every key. MONAI's
+    ``Invertd(keys="pred", orig_keys="image")`` inverts a prediction with the *image's* record,
+    which swaps nothing; build the inference Compose with ``invert_as_labels=True`` so that a
+    mirrored left leg's prediction comes back with LEFT values.
+    """
 
     def __init__(self, keys: KeysCollection, label_keys: KeysCollection = (), side_key: str = "leg_side",
-                 allow_missing_keys: bool = False) -> None:
+                 invert_as_labels: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = set([label_keys] if isinstance(label_keys, str) else label_keys)
         self.side_key = side_key
+        self.invert_as_labels = invert_as_labels
         self.image_mirror = MirrorToRight(labels=False)
         self.label_mirror = MirrorToRight(labels=True)
 
@@ -736,6 +746,31 @@ class MirrorToRightd(MapTransform, InvertibleTransform):
     def inverse(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            mirror = self.label_mirror if key in self.label_keys else self.image_mirror
-            d[key] = mirror.inverse(d[key])
+            as_labels = self.invert_as_labels or key in self.label_keys
+            d[key] = self.image_mirror.inverse(d[key], labels=as_labels)
         return d
+
+
+def segment_per_leg(image: MetaTensor, predict, margin_mm: float = 10.0, side: str | None = None,
+                    n_legs: int | None = None) -> MetaTensor:
+    """Run ``predict`` on every leg of ``image`` as a right leg and merge the label maps.
+
+    ``predict(crop) -> label map``: takes a ``(C, X, Y, Z)`` right-looking leg crop (a mirrored
+    left leg, or a right leg) and returns integer ontology labels of shape ``(X, Y, Z)`` or
+    ``(1, X, Y, Z)`` on the crop's grid, with RIGHT values. Left legs' results come back
+    un-mirrored with LEFT values (``base + 100``). Returns a ``(1, X, Y, Z)`` MetaTensor on
+    ``image``'s grid.
+    """
+    crops = split_legs(image, margin_mm=margin_mm, side=side, n_legs=n_legs)
+    mirror = MirrorToRight()
+    results = []
+    for crop in crops:
+        mirrored = mirror(crop.image)
+        labels = torch.as_tensor(predict(mirrored))
+        if labels.ndim == 3:
+            labels = labels[None]
+        if tuple(labels.shape[1:]) != tuple(mirrored.shape[1:]):
+            raise ValueError(f"predict returned shape {tuple(labels.shape)} for a crop of {tuple(mirrored.shape)}")
+        labels = MetaTensor(labels, meta=dict(mirrored.meta), applied_operations=list(mirrored.applied_operations))
+        results.append(mirror.inverse(labels, labels=True))
+    return merge_legs(results, image, legs=[c.info for c in crops])
