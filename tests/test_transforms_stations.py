@@ -111,3 +111,11 @@ def test_join_command_writes_atomically_and_reports(shared_data, tmp_path, capsy
     assert main(["join", paths[0], mismatched, "-o", str(tmp_path / "bad.nii.gz")]) == 1
     assert "example_ct.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_join_command_rejects_bad_overlaps(shared_data, tmp_path, capsys):
+    paths = [str(shared_data / rel) for rel in STATIONS[1:3]]
+    assert main(["join", *paths, "--overlaps", "40", "-o", str(tmp_path / "j.nii.gz")]) == 2
+    assert "overlap 40" in capsys.readouterr().err
+    assert main(["join", paths[0], "-o", str(tmp_path / "j.nii.gz")]) == 2
+    assert not list(tmp_path.iterdir())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -74,14 +75,18 @@ def run(args) -> int:
     from muscle_pipeline.transforms.stations import join_stations
 
     if len(args.stations) < 2:
-        print("muscle-pipeline join: give at least two stations", flush=True)
+        print("muscle-pipeline join: give at least two stations", file=sys.stderr)
         return 2
     if not Path(args.output).name.lower().endswith(NIFTI_SUFFIXES):
-        print(f"muscle-pipeline join: {args.output}: name the output *.nii.gz or *.nii", flush=True)
+        print(f"muscle-pipeline join: {args.output}: name the output *.nii.gz or *.nii", file=sys.stderr)
         return 2
     stations = [read_image(path).unsqueeze(0) for path in args.stations]  # add the channel
-    result = join_stations(stations, min_overlap=args.min_overlap, max_overlap=args.max_overlap,
-                           normalize=not args.no_normalize, overlaps=args.overlaps)
+    try:
+        result = join_stations(stations, min_overlap=args.min_overlap, max_overlap=args.max_overlap,
+                               normalize=not args.no_normalize, overlaps=args.overlaps)
+    except ValueError as exc:  # bad option values (overlap counts); grid mismatches name the file
+        print(f"muscle-pipeline join: {exc}", file=sys.stderr)
+        return 2
     write_image(result.image, args.output)
     print(json.dumps({
         "output": str(args.output),

@@ -126,6 +126,8 @@ def join_stations(
     """
     if len(stations) < 2:
         raise ValueError("joining needs at least two stations")
+    if min_overlap < 1:
+        raise ValueError(f"min_overlap must be at least 1, got {min_overlap}")
     prepared = [_superior_ascending(s) for s in stations]
     first_array, first_affine, si = prepared[0]
     axis = si + 1  # with the channel
@@ -151,6 +153,8 @@ def join_stations(
         longest = max(min_overlap, min(longest, len(lower) - 1, len(upper) - 1))
         if given is not None:
             n = int(given[i - 1])
+            if not 1 <= n < min(len(lower), len(upper)):
+                raise ValueError(f"overlap {n} between stations {i - 1} and {i} must be 1..{min(len(lower), len(upper)) - 1}")
             curve = overlap_curve(lower, upper, 0, n, n)
             correlations.append(float(curve[0]))
         else:
