@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import time
@@ -177,12 +178,13 @@ def write_batch_report(report: BatchReport, output_dir: Path) -> None:
     for row in rows:
         row.pop("details", None)
     outputs.write_json(output_dir / "batch_report.json", {"output_dir": report.output_dir, "cases": rows})
-    with (output_dir / "batch_report.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(BATCH_REPORT_COLUMNS)
-        for row in rows:
-            writer.writerow([row["case_id"], row["status"], row["seconds"], row["output"] or "", row["reason"] or "",
-                             " | ".join(row["warnings"]), " | ".join(row["sources"])])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(BATCH_REPORT_COLUMNS)
+    for row in rows:
+        writer.writerow([row["case_id"], row["status"], row["seconds"], row["output"] or "", row["reason"] or "",
+                         " | ".join(row["warnings"]), " | ".join(row["sources"])])
+    outputs.write_text_atomic(output_dir / "batch_report.csv", buf.getvalue())
 
 
 def write_cohort_table(output_dir: Path) -> Path:
@@ -205,13 +207,12 @@ def write_cohort_table(output_dir: Path) -> Path:
             per_case[case_folder.name] = row
     ordered = sorted(names, key=names.get)
     columns = [c for n in ordered for c in (n, n + "__cut")]
-    path = output_dir / "cohort_volumes.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case_id"] + columns)
-        for case_id, row in per_case.items():
-            writer.writerow([case_id] + [row.get(c, "") for c in columns])
-    return path
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["case_id"] + columns)
+    for case_id, row in per_case.items():
+        writer.writerow([case_id] + [row.get(c, "") for c in columns])
+    return outputs.write_text_atomic(output_dir / "cohort_volumes.csv", buf.getvalue())
 
 
 def results_as_json(report: BatchReport) -> str:

@@ -107,8 +107,16 @@ def staged_case_dir(output_dir: str | Path, case_id: str, overwrite: bool = Fals
 
 
 def write_json(path: str | Path, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a file so readers see either the old or the new whole content, never a part
+    (two jobs sharing an output folder both rewrite the batch reports)."""
     path = Path(path)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return path
 
 
