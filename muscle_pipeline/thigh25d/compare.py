@@ -16,8 +16,10 @@ crop, mirrored to look like a right leg (the side never seen in training):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,15 +78,19 @@ def evaluate_methods(bundle: str | Path = "thigh_ct_25d", models_dir: str | Path
     # reference: this leg's structures only (the other leg's inside the crop margin are not scored)
     reference = torch.where(torch.isin(label[0].as_tensor(), torch.tensor(values, dtype=label.dtype)), label[0], 0)
     ref_path = write_label_map(reference.to(torch.uint8), image, out / f"reference_{test_side}.nii.gz")
-    pairs = {}
+    pairs, predictions, seconds = {}, {}, {}
     for name, kind in methods.items():
         model = load_model(bundle, models_dir=models_dir, kind=kind)
-        prediction = model.predict(image)
-        pred_path = write_label_map(prediction, image, out / f"prediction_{kind}_{test_side}.nii.gz")
+        start = time.perf_counter()
+        predictions[name] = model.predict(image)
+        seconds[name] = time.perf_counter() - start
+        pred_path = write_label_map(predictions[name], image, out / f"prediction_{kind}_{test_side}.nii.gz")
         pairs[name] = {f"{test_side}_leg": (pred_path, ref_path)}
     rows = compare_methods(pairs, labels=values, out_dir=out)
     write_table(rows, out / "comparison_table.md")
+    (out / "predict_seconds.json").write_text(json.dumps(seconds, indent=1))
     plot_paired(rows, out / "dice_asd_paired.png")
+    plot_overlay(image, reference.numpy(), {k: v.numpy() for k, v in predictions.items()}, out / "overlay.png")
     return rows
 
 
@@ -131,5 +137,73 @@ def plot_paired(rows: Sequence[dict], path: str | Path) -> Path:
     fig.suptitle("Held-out leg (real CT, trained on the other leg): per structure, paired across methods")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def whole_scan_check(bundle: str | Path = "thigh_ct_25d", models_dir: str | Path | None = None) -> dict:
+    """Run the segment job (``muscle_pipeline.segmentation.segment_image``) on the whole real CT.
+
+    Returns, per structure and side: Dice against the TotalSegmentator labels and the world x
+    (RAS mm) of the predicted structure's centroid, so that "left labels on the subject's left"
+    (smaller x) can be read off; plus the job's warnings and timings.
+    """
+    from muscle_pipeline.metrics import dice
+    from muscle_pipeline.segmentation import segment_image
+
+    image, label = _read_pair(real_ct_entry())
+    model = load_model(bundle, models_dir=models_dir)
+    result = segment_image(image, model)
+    prediction = result.labels.numpy()
+    reference = label.numpy()
+    affine = np.asarray(image.affine, dtype=float)
+    out = {"structures": {}, "warnings": result.warnings, "timings": result.timings, "legs": result.legs}
+    for name in model.structures:
+        for side, value in (("right", right_value(name)), ("left", right_value(name) + 100)):
+            mask = prediction == value
+            centroid_x = float((np.argwhere(mask).mean(axis=0) @ affine[0, :3]) + affine[0, 3]) if mask.any() else None
+            ref_mask = reference == value
+            ref_x = float((np.argwhere(ref_mask).mean(axis=0) @ affine[0, :3]) + affine[0, 3]) if ref_mask.any() else None
+            out["structures"][f"{name}_{side}"] = {"dice": dice(prediction, reference, value),
+                                                   "centroid_x_mm": centroid_x, "reference_centroid_x_mm": ref_x}
+    return out
+
+
+def plot_overlay(image, reference, predictions: dict, path: str | Path) -> Path:
+    """Axial and coronal slices of the held-out crop: reference and each method's labels.
+
+    ``image``: (1, X, Y, Z) HU MetaTensor (RAS after Orientation); ``reference`` and the
+    ``predictions`` values: (X, Y, Z) label maps on its grid. Slices through the reference's
+    gluteus medius centre. Display only: arrays are shown in RAS with the subject's anterior up.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from muscle_pipeline import labels as ontology
+
+    volume = np.asarray(image[0], dtype=float)
+    maps = {"reference (TotalSegmentator)": np.asarray(reference)} | {k: np.asarray(v) for k, v in predictions.items()}
+    values = sorted(int(v) for v in np.unique(maps["reference (TotalSegmentator)"]) if v)
+    colours = np.zeros((256, 4))
+    for v in values:
+        colours[v, :3] = np.asarray(ontology.label(v).color) / 255.0
+        colours[v, 3] = 0.55
+    cmap = ListedColormap(colours)
+    centre = np.argwhere(maps["reference (TotalSegmentator)"] == right_value("gluteus_medius")).mean(axis=0).astype(int)
+    fig, axes = plt.subplots(2, len(maps), figsize=(3.2 * len(maps), 6.4))
+    for j, (title, lab) in enumerate(maps.items()):
+        for i, (axis, name) in enumerate(((2, "axial"), (1, "coronal"))):
+            img2d = np.take(volume, centre[axis], axis=axis)
+            lab2d = np.take(lab, centre[axis], axis=axis)
+            ax = axes[i, j]
+            ax.imshow(np.clip(img2d, -200, 300).T, cmap="gray", origin="lower")
+            ax.imshow(lab2d.T, cmap=cmap, vmin=0, vmax=255, origin="lower", interpolation="nearest")
+            ax.set_title(f"{title}\n{name}" if i == 0 else name, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
