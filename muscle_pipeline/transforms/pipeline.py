@@ -19,6 +19,7 @@ The Compose is built from a MONAI bundle config with ``monai.bundle.ConfigParser
 from __future__ import annotations
 
 import warnings as _warnings
+from copy import deepcopy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, apply_transform
+from monai.transforms import Compose, InvertibleTransform, Invertd, apply_transform
 
 from muscle_pipeline.transforms.femur import FemurAxisAlignd, FemurAxisFit
 from muscle_pipeline.transforms.legs import LEG_META_KEY, MirrorToRight, SplitLegs, merge_legs
@@ -238,6 +239,7 @@ def invert(result: PreprocessResult, leg_predictions: Sequence, dtype: torch.dty
         raise ValueError(f"got {len(leg_predictions)} predictions for {len(result.legs)} legs")
     inverter = Invertd(keys="pred", transform=result.transform, orig_keys=IMAGE_KEY, nearest_interp=True)
     unmirror = MirrorToRight(labels=True)
+    geometric = any(isinstance(step, InvertibleTransform) for step in result.transform.transforms)
     leg_maps = []
     for leg, prediction in zip(result.legs, leg_predictions):
         pred = torch.as_tensor(np.asarray(prediction.detach().cpu() if isinstance(prediction, torch.Tensor)
@@ -249,7 +251,11 @@ def invert(result: PreprocessResult, leg_predictions: Sequence, dtype: torch.dty
                              f"for a preprocessed image of shape {tuple(leg.image.shape)}")
         # Invertd gives the prediction the image's records and meta (leg info included) and
         # undoes the Compose's geometric steps; the crop and mirror records stay on it.
-        back = inverter({IMAGE_KEY: leg.image, "pred": MetaTensor(pred.float(), affine=leg.image.affine)})["pred"]
+        if geometric:
+            back = inverter({IMAGE_KEY: leg.image, "pred": MetaTensor(pred.float(), affine=leg.image.affine)})["pred"]
+        else:  # intensity-only Compose (MR): nothing to undo but the mirror and the crop
+            back = MetaTensor(pred.float(), meta=deepcopy(leg.image.meta),
+                              applied_operations=deepcopy(leg.image.applied_operations))
         back = unmirror.inverse(back, labels=True)
         leg_maps.append(back.round().to(dtype))
     reference = MetaTensor(torch.zeros((1, *result.spatial_shape), dtype=dtype), affine=result.affine.clone(),
