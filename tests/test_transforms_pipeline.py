@@ -130,7 +130,7 @@ def test_config_compose_equals_the_hand_built_one():
     hand = Compose([
         FemurAxisAlignd(keys=["image", "label"], femur="largest", modality="ct", bone_threshold=200.0,
                         max_angle_deg=30.0, keep_size=False, mode=["bilinear", "nearest"],
-                        padding_mode=["border", "zeros"], allow_missing_keys=True),
+                        padding_mode=["zeros", "zeros"], allow_missing_keys=True),
         CTWindowd(keys=["image"], window_hu=(-100.0, 250.0)),
     ])
     from_config = preprocess(phantom.image, "ct")
