@@ -146,3 +146,18 @@ def test_invert_rejects_wrong_predictions(ct_thigh):
         invert(result, [result.legs[0].image])
     with pytest.raises(ValueError, match="shape"):
         invert(result, [torch.zeros(3, 3, 3), torch.zeros(3, 3, 3)])
+
+
+def test_ct_leg_without_bone_keeps_its_grid_and_still_inverts():
+    # No bone above 200 HU (e.g. a foot or a soft-tissue crop): the alignment is skipped with a
+    # warning, recorded as an identity step so invert() needs no special case.
+    phantom = make_phantom(region="calf", modality="ct", shape=(112, 64, 56), seed=1)
+    boneless = phantom.image.clone()
+    boneless[boneless > 150] = 60.0
+    result = preprocess(boneless, "ct", label=phantom.labels)
+    assert len(result.warnings) == 2 and all("no femur axis" in w for w in result.warnings)
+    for leg in result.legs:
+        assert leg.femur_axis is None
+        assert [op["class"] for op in leg.applied_operations] == ["SplitLegs", "MirrorToRight", "FemurAxisAlign"]
+    back = invert(result, [leg.label for leg in result.legs])
+    assert np.array_equal(np.asarray(back), np.asarray(phantom.labels))

@@ -152,6 +152,8 @@ def _keep_grid(align: FemurAxisAlignd, data: dict) -> dict:
     fit = FemurAxisFit(axis=grid_z, centroid=centre, angle_deg=0.0, source="none", rotated=False)
     for key, mode, padding_mode in align.key_iterator(data, align.mode, align.padding_mode):
         data[key] = align.aligner(data[key], fit=fit, mode=mode, padding_mode=padding_mode)
+        for entry in ("femur_axis", "femur_angle_deg"):  # no femur was found: say so, not "grid z"
+            data[key].meta.pop(entry, None)
     return data
 
 
