@@ -290,13 +290,21 @@ def test_mr_automatic_femurs_on_real_thigh_mri_are_plausible(shared_data):
     assert fits["left"].axis[0] < 0 < fits["right"].axis[0]
 
 
-def test_mr_without_a_visible_femur_asks_for_a_mask_and_explicit_axis_is_used(shared_data):
-    # A Dixon fat image (by its look the lower legs, despite SOURCES.md's "thigh level"): muscle
-    # is as dark as cortex, so no bone ring stands out -> a clear refusal, not a guess.
-    path = shared_data / "qmritools" / "thigh_calf_unlabeled" / "dixon_fat.nii.gz"
-    fat_image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+def test_mr_without_a_visible_femur_asks_for_a_mask_and_explicit_axis_is_used():
+    # A leg with fat and muscle but no bone at all: no cortical ring can stand out, so the MR
+    # search must refuse clearly rather than guess. (The real Dixon fat image used here before
+    # turned out to be a calf whose tibia the search now finds once the log-Otsu body mask keeps
+    # the whole leg, so it no longer shows a refusal.)
+    shape, spacing = (120, 120, 40), (1.5, 1.5, 5.0)
+    affine, world = make_grid(shape, spacing)
+    radius = np.hypot(world[:, 0], world[:, 1])
+    values = np.where(radius < 80, MR_T1_CONTRAST["fat"], MR_T1_CONTRAST["air"])
+    values[radius < 70] = MR_T1_CONTRAST["muscle"]
+    values = np.abs(values + np.random.default_rng(0).normal(0.0, 5.0, values.shape))
+    boneless = MetaTensor(torch.as_tensor(values.reshape(shape)[None], dtype=torch.float32),
+                          affine=torch.as_tensor(affine))
     with pytest.raises(ValueError, match="pass a femur mask or an explicit axis"):
-        FemurAxisAlign(modality="mr")(fat_image)
+        FemurAxisAlign(modality="mr")(boneless)
     image, label, true_axis = make_thigh_phantom(0, 10, contrast=MR_T1_CONTRAST)
     aligner = FemurAxisAlign(modality="mr")
     aligned = aligner(image, axis=true_axis)

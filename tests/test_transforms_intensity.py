@@ -65,8 +65,12 @@ def test_otsu_body_mask_finds_both_thighs_with_marrow_filled(thigh_mri):
 
     mask = otsu_body_mask(thigh_mri[0], thigh_mri.affine)
     assert 0.08 < mask.mean() < 0.3
+    # Two legs, nothing else: two blobs per slice, except the top slices where the thighs touch.
+    per_slice = [cc3d.connected_components(mask[:, :, k].astype(np.uint8), return_N=True)[1]
+                 for k in range(mask.shape[2])]
+    assert all(n == 2 for n in per_slice[:26]) and all(n in (1, 2) for n in per_slice[26:])
     _, count = cc3d.connected_components(mask, return_N=True)
-    assert count == 2  # two legs, nothing else
+    assert count == 1  # one body: the thighs touch at the top
     # The dark femoral marrow inside each thigh is part of the body.
     values = thigh_mri[0].numpy()
     assert values[mask].min() < 0.2 * np.percentile(values[mask], 50)
