@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Before any test module imports torch (see muscle_pipeline/__init__.py: libgomp spin-waits made
+# 2-thread torch ~25x slower whenever another process was busy).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
