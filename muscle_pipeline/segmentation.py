@@ -22,6 +22,28 @@ from monai.data import MetaTensor
 
 from muscle_pipeline.errors import UnsupportedImageError
 from muscle_pipeline.transforms.legs import MirrorToRight, merge_legs, split_legs
+from muscle_pipeline.transforms.region import recognize_side
+
+
+def _check_side(crop, warnings: list[str]) -> str | None:
+    """Compare the header's side of a leg with what its bones say (fibula lateral to the tibia,
+    femur lateral of the thigh's centre); a disagreement becomes a warning in report.json. The
+    header still decides: anatomy cannot see a whole scan mirrored, and is undecided at the hip."""
+    import warnings as pywarnings
+
+    try:
+        with pywarnings.catch_warnings():
+            pywarnings.simplefilter("ignore")
+            result = recognize_side(crop.image, header_side=crop.side, warn=False)
+    except Exception as exc:  # the check is advisory: never fail a case because of it
+        warnings.append(f"{crop.side} leg: anatomical side check failed ({type(exc).__name__}: {exc})")
+        return None
+    if result.agree is False:
+        warnings.append(
+            f"{crop.side} leg: the header says {crop.side} but the anatomy ({result.evidence.get('rule', 'bones')}) "
+            f"looks {result.anatomical}; check the scan's orientation header"
+        )
+    return result.anatomical
 
 
 def channel_first(image: MetaTensor) -> MetaTensor:
@@ -78,9 +100,14 @@ def segment_image(
             "pass side= if that is wrong"
         )
 
+    stage("check sides")
+    t0 = time.perf_counter()
+    side_checks = [_check_side(crop, warnings) for crop in crops]
+    timings["side_check"] = time.perf_counter() - t0
+
     mirror = MirrorToRight()
     leg_maps, legs = [], []
-    for crop in crops:
+    for crop, side_check in zip(crops, side_checks):
         stage(f"segment {crop.side} leg")
         t0 = time.perf_counter()
         right_looking = mirror(crop.image, side=crop.side)
@@ -93,7 +120,8 @@ def segment_image(
         back = MirrorToRight().inverse(pred_mt, labels=True)
         leg_maps.append(back)
         timings[f"model_{crop.side}"] = time.perf_counter() - t0
-        legs.append({k: crop.info.get(k) for k in ("side", "side_source", "roi_start", "roi_end", "volume_ml", "centroid_mm")})
+        legs.append({**{k: crop.info.get(k) for k in ("side", "side_source", "roi_start", "roi_end", "volume_ml",
+                                                      "centroid_mm")}, "anatomical_side": side_check})
 
     stage("merge")
     merged = merge_legs(leg_maps, img, legs=[c.info for c in crops])

@@ -141,3 +141,51 @@ def test_two_jobs_on_one_output_folder_do_not_corrupt_each_other(tmp_path):
     assert _complete(out) == [f"subject{i:02d}" for i in range(3)]
     rows = (out / "cohort_volumes.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("case_id,")
+
+
+def test_header_and_anatomy_disagreeing_about_the_side_is_reported(tmp_path):
+    """The real calf stored mirrored in the array with the header unchanged: its position says
+    right leg, its bones (fibula lateral to the tibia) say left -> a warning in report.json."""
+    import muscle_pipeline as mp
+
+    img = nib.load(CALF / "twoLegs_x80-160.nii.gz")
+    bad = tmp_path / "in" / "mirrored_header.nii.gz"
+    bad.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine), bad)
+    good = tmp_path / "in" / "calf.nii.gz"
+    shutil.copy(CALF / "twoLegs_x80-160.nii.gz", good)
+    results = {r.case_id: r for r in mp.segment([bad.parent], tmp_path / "out", model="calf_mri", progress=False)}
+    flagged = json.loads((tmp_path / "out" / "mirrored_header" / "report.json").read_text())
+    assert any("anatomy" in w and "looks left" in w for w in flagged["warnings"])
+    assert flagged["legs"][0]["anatomical_side"] == "left"
+    clean = results["calf"].details
+    assert clean["legs"][0]["anatomical_side"] == "right"
+    assert not any("anatomy" in w for w in clean["warnings"])
+
+
+def test_dicom_input_gets_a_dicom_seg_matching_the_label_map(tmp_path):
+    """The real calf written as a DICOM series: the job reads it, writes the NIfTI label map on
+    the series' grid and a DICOM-SEG whose frames (read back with highdicom) carry the same
+    labels on the right source images."""
+    import highdicom as hd
+    import pydicom
+
+    import muscle_pipeline as mp
+    from orientations import write_dicom_series
+
+    img = nib.load(CALF / "twoLegs_x80-160.nii.gz")
+    files = write_dicom_series(np.asarray(img.dataobj).round().astype(np.int16), img.affine, tmp_path / "in" / "calf")
+    (result,) = mp.segment([tmp_path / "in"], tmp_path / "out", model="calf_mri", progress=False)
+    assert result.status == "complete", result.reason
+    case = Path(result.output)
+    seg_nii = np.asarray(nib.load(case / "segmentation.nii.gz").dataobj)
+    seg = hd.seg.segread(str(case / "segmentation.dcm"))
+    names = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
+    values = {n: ontology.value_of(label) for n, label in names.items()}
+    assert set(values.values()) == set(np.unique(seg_nii)) - {0}
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]  # slice k = file k
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=sorted(values),
+                                               assert_missing_frames_are_empty=True)
+    for k in range(seg_nii.shape[2]):
+        expected = np.stack([(seg_nii[:, :, k] == values[n]).T for n in sorted(values)], axis=-1)
+        np.testing.assert_array_equal(frames[k], expected)
