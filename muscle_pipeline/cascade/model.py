@@ -23,6 +23,9 @@ from .fuse import fuse_local_probabilities
 from .localize import Localizer
 from .refine import Refiner
 
+# Our affines are voxel -> RAS+ mm; say so rather than rely on the MetaTensor's "space" (MONAI 1.6 warns).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
 __all__ = ["CascadeModel", "load_cascade", "bundle_path", "read_bundle_config", "right_value"]
 
 log = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ class CascadeModel:
     def preprocess(self, image: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """(1, X, Y, Z) input → (stage-1 image, stage-2 image), both RAS-oriented and normalised."""
         image = _as_meta(image)
-        img2 = Orientation(axcodes="RAS")(image)
+        img2 = Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
         img2 = Spacing(pixdim=self.stage2_spacing, mode="bilinear")(img2)
         if self.bias_correction is not None:
             img2 = self.bias_correction(img2)

@@ -23,6 +23,9 @@ from .. import labels as ontology
 from .boxes import Box, BoxPriors, box_from_mask
 from .model import groups_for, read_bundle_config, right_value
 
+# Our affines are voxel -> RAS+ mm; say so rather than rely on the MetaTensor's "space" (MONAI 1.6 warns).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
 __all__ = ["mirror_world_x", "load_case", "split_sides", "load_side_cases", "prepare_case", "evaluate_cascade", "CascadeTrainer"]
 
 log = logging.getLogger(__name__)
@@ -158,8 +161,8 @@ def evaluate_cascade(model, dataset: list[dict], output_file: str | None = None)
 
 def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
     """Bring a (right-looking) case to the cascade's two grids with its preprocessing."""
-    img2 = Spacing(pixdim=cascade["stage2_spacing"], mode="bilinear")(Orientation(axcodes="RAS")(image))
-    lab2 = Spacing(pixdim=cascade["stage2_spacing"], mode="nearest")(Orientation(axcodes="RAS")(labels))
+    img2 = Spacing(pixdim=cascade["stage2_spacing"], mode="bilinear")(Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
+    lab2 = Spacing(pixdim=cascade["stage2_spacing"], mode="nearest")(Orientation(axcodes="RAS", labels=RAS_LABELS)(labels))
     if cascade.get("bias_correction") is not None:
         img2 = cascade["bias_correction"](img2)
     img2 = cascade["intensity"](img2)
