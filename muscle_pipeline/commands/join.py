@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +42,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def write_image(image, path: str | Path) -> Path:
     """Write a float image (``(1, X, Y, Z)`` or ``(X, Y, Z)`` MetaTensor) as NIfTI, atomically."""
-    from monai.data import ITKWriter
+    from muscle_pipeline.io.write import write_volume
 
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
@@ -54,20 +52,7 @@ def write_image(image, path: str | Path) -> Path:
         if values.shape[0] != 1:
             raise ValueError(f"{path}: can write one channel, got {values.shape[0]}")
         values = values[0]
-    affine = np.asarray(image.affine, dtype=np.float64)
-    writer = ITKWriter(output_dtype=np.float32, affine_lps_to_ras=True)
-    writer.set_data_array(values.astype(np.float32), channel_dim=None)
-    writer.set_metadata({"affine": affine, "original_affine": affine, "spatial_shape": values.shape}, resample=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    temporary = path.parent / f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    try:
-        writer.write(str(temporary))
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    return write_volume(values.astype(np.float32), image.affine, path)
 
 
 def run(args) -> int:

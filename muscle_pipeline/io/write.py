@@ -42,10 +42,17 @@ def write_label_map(labels, reference, path: str | Path) -> Path:
         raise ValueError(f"{path}: label values {low}..{high} do not fit uint16")
     dtype = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
 
-    writer = ITKWriter(output_dtype=dtype, affine_lps_to_ras=True)
-    writer.set_data_array(values.astype(dtype), channel_dim=None)
-    writer.set_metadata({"affine": affine, "original_affine": affine, "spatial_shape": grid}, resample=False)
+    return write_volume(values.astype(dtype), affine, path)
 
+
+def write_volume(values: np.ndarray, affine, path: str | Path) -> Path:
+    """Write a 3D array (X, Y, Z) with its voxel->RAS ``affine`` as NIfTI, atomically (temporary
+    name in the same folder, then ``os.replace``), with MONAI's ITKWriter in the array's dtype."""
+    path = Path(path)
+    affine = np.asarray(affine, dtype=np.float64)
+    writer = ITKWriter(output_dtype=values.dtype, affine_lps_to_ras=True)
+    writer.set_data_array(values, channel_dim=None)
+    writer.set_metadata({"affine": affine, "original_affine": affine, "spatial_shape": values.shape}, resample=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
     temporary = path.parent / f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
