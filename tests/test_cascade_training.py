@@ -60,11 +60,17 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 def test_lower_limb_35_trains_and_predicts_on_a_phantom(tiny_bundle, phantom_entry, tmp_path):
+    from monai.utils import set_determinism
+
+    # 30 iterations were not enough: the soleus Dice ranged 0.0-0.5 with the seed (a fresh CI
+    # clone failed the floor). At 100 iterations seeds 0, 1 and 3 all passed; seeded so a
+    # failure means the pipeline changed, not the draw.
+    set_determinism(seed=0)
     train_config = ConfigParser()
     train_config.read_config(str(tiny_bundle / "configs" / "train.json"))
     trainer = CascadeTrainer(tiny_bundle, [phantom_entry], train_config.get_parsed_content("augmentation_stage1"),
-                             train_config.get_parsed_content("augmentation_stage2"), stage1_iterations=30,
-                             stage2_iterations=30, lr=0.01, max_patch=(32, 32, 16), output_dir=str(tmp_path))
+                             train_config.get_parsed_content("augmentation_stage2"), stage1_iterations=100,
+                             stage2_iterations=100, lr=0.01, max_patch=(32, 32, 16), output_dir=str(tmp_path))
     written = trainer.run("all")
     assert {p.name for p in written} == {"stage1.pt"} | {f"stage2_{m}.pt" for m in MUSCLES}
     meta = json.loads((tmp_path / "cascade.json").read_text())
@@ -78,6 +84,7 @@ def test_lower_limb_35_trains_and_predicts_on_a_phantom(tiny_bundle, phantom_ent
         assert set(np.unique(pred)) <= {0} | {right_value(m) for m in MUSCLES}
     # an easy phantom: the largest muscle is found after a few dozen iterations
     soleus = dice(pred, np.asarray(labels[0]), right_value("soleus"))
+    set_determinism(seed=None)
     assert soleus > 0.3, soleus
 
 
