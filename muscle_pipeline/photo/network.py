@@ -93,6 +93,16 @@ def load_encoder_weights(network: FlexibleUNet, path: str | Path | None) -> Flex
     return network
 
 
+def initialise(network: FlexibleUNet, encoder_weights: str | Path | None = None,
+               weights: str | Path | None = None) -> FlexibleUNet:
+    """Starting weights for training: a whole checkpoint (``weights``: fine-tune a previous model)
+    or local ResNet encoder weights (``encoder_weights``), or neither (random initialisation)."""
+    if weights is not None and str(weights) not in ("", "None", "null"):
+        load_weights(network, weights)
+        return network.train()
+    return load_encoder_weights(network, encoder_weights)
+
+
 def _meta(network_kwargs_: dict, image_size: int, extra: dict | None = None) -> dict:
     meta = {"network": {k: (list(v) if isinstance(v, tuple) else v) for k, v in network_kwargs_.items()},
             "image_size": int(image_size), "classes": list(CLASS_NAMES)}
@@ -238,7 +248,7 @@ def default_model_path() -> Path:
 
 
 __all__ = [
-    "build_network", "network_kwargs", "network_kwargs_of", "load_encoder_weights", "save_checkpoint",
+    "build_network", "network_kwargs", "network_kwargs_of", "load_encoder_weights", "initialise", "save_checkpoint",
     "save_quantized", "quantize_state_dict", "dequantize_state_dict", "read_checkpoint", "checkpoint_image_size",
     "load_weights", "load_network", "bundle_path", "default_model_path", "QUANTIZED_FORMAT", "DEFAULT_DECODER_CHANNELS",
 ]

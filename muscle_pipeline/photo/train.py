@@ -38,6 +38,12 @@ def make_optimizer(name: str, params, learning_rate: float = 1e-4, weight_decay:
     raise ValueError(f"optimizer must be 'adam' or 'sgd', not {name!r}")
 
 
+def loss_target(loss_function, labels: torch.Tensor) -> torch.Tensor:
+    """Labels ``(N, 1, W, H)`` as ``loss_function`` wants them: ``(N, W, H)`` for torch's
+    ``CrossEntropyLoss``, unchanged for MONAI losses (``DiceCELoss(to_onehot_y=True)`` ...)."""
+    return labels[:, 0] if isinstance(loss_function, torch.nn.CrossEntropyLoss) else labels
+
+
 def _plain(x: torch.Tensor) -> torch.Tensor:
     # MetaTensor bookkeeping is not needed inside the network and slows every operation down.
     return x.as_tensor() if hasattr(x, "as_tensor") else x
@@ -96,14 +102,14 @@ def fit(network: torch.nn.Module, optimizer, loss_function, train_loader, val_lo
         losses, cm = [], torch.zeros(4, 4, dtype=torch.int64)
         for batch in train_loader:
             images = _plain(batch["image"]).to(device)
-            labels = _plain(batch["label"]).to(device)[:, 0].long()
+            labels = _plain(batch["label"]).to(device).long()
             optimizer.zero_grad(set_to_none=True)
             logits = network(images)
-            loss = loss_function(logits, labels)
+            loss = loss_function(logits, loss_target(loss_function, labels))
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-            cm += confusion_matrix(logits.detach().argmax(1), labels)
+            cm += confusion_matrix(logits.detach().argmax(1), labels[:, 0])
         if lr_scheduler is not None:
             lr_scheduler.step()
         train_scores = scores(cm)
@@ -211,4 +217,4 @@ def write_sweep_table(rows: list[dict], output_dir: str | Path) -> tuple[Path, P
     return output_dir / "sweep.csv", output_dir / "sweep.md"
 
 
-__all__ = ["fit", "make_optimizer", "plot_curves", "sweep", "write_sweep_table"]
+__all__ = ["fit", "loss_target", "make_optimizer", "plot_curves", "sweep", "write_sweep_table"]

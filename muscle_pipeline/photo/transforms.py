@@ -27,6 +27,7 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     RandAffined,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandGaussianSmoothd,
     RandomizableTransform,
@@ -255,10 +256,24 @@ def augmentation_transforms(image_size: int = 256, flip_prob: float = 0.5, shear
     ]
 
 
-def train_transforms(image_size: int = 256, label_lut=None, **augmentation) -> Compose:
-    """Preprocessing followed by augmentation, for training data lists."""
-    return Compose(preprocessing_transforms(image_size, label_lut) +
-                   augmentation_transforms(image_size, **augmentation))
+def train_transforms(image_size: int = 256, label_lut=None, crop_size: int | None = None,
+                     crop_ratios: Sequence[float] = (1.0, 1.0, 1.0, 1.0), **augmentation) -> Compose:
+    """Preprocessing followed by augmentation, for training data lists.
+
+    ``crop_size`` (None: whole photos, as the seed trained) trains on ``crop_size`` squared
+    patches of the resized photo, centred on a pixel of a class drawn with ``crop_ratios``
+    (background, biceps, triceps, calf; classes absent from a photo are skipped). Muscles
+    cover about 1 % of a photo; class-balanced patches show them far more often per second of
+    CPU. The network is fully convolutional, so it still runs on whole photos.
+    """
+    steps = preprocessing_transforms(image_size, label_lut)
+    spatial = image_size
+    if crop_size:
+        spatial = int(crop_size)
+        steps.append(RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=(spatial, spatial),
+                                             ratios=list(crop_ratios), num_classes=len(crop_ratios), num_samples=1,
+                                             warn=False))
+    return Compose(steps + augmentation_transforms(spatial, **augmentation))
 
 
 def eval_transforms(image_size: int = 256, label_lut=None) -> Compose:
