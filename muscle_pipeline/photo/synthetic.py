@@ -81,21 +81,30 @@ class Bulge:
     amplitude: float
     label: int
     defined: bool
-    diamond: bool = False  # calf: extra central shadow line between the two gastrocnemius heads
+    pattern: str = ""  # flexed look: "peak" (biceps), "horseshoe" (triceps), "diamond" (calf)
 
 
 class _Canvas:
-    """Paints the photo and its mask together, in the same z-order (later parts occlude earlier)."""
+    """Paints the photo and its mask together, in the same z-order (later parts occlude earlier).
 
-    def __init__(self, height: int, width: int, scale: int):
-        self.scale = scale
-        self.image = Image.new("RGB", (width * scale, height * scale))
-        self.mask = Image.new("L", (width * scale, height * scale), 0)
+    Drawing calls take *scene* coordinates; the canvas shows the scene window whose top-left
+    corner is ``origin``, magnified by ``scale`` (canvas pixels per scene unit), so one scene can
+    be drawn as a thumbnail (to choose where to look) and again as a close-up of any part of it.
+    ``bellies`` collects (scene point, class or 0) for every muscle belly drawn.
+    """
+
+    def __init__(self, height: int, width: int, scale: float, origin=(0.0, 0.0)):
+        self.scale = float(scale)
+        self.origin = (float(origin[0]), float(origin[1]))
+        self.image = Image.new("RGB", (width, height))
+        self.mask = Image.new("L", (width, height), 0)
         self.draw = ImageDraw.Draw(self.image)
         self.mask_draw = ImageDraw.Draw(self.mask)
+        self.bellies: list[tuple[np.ndarray, int]] = []
 
     def _pts(self, points) -> list[tuple[float, float]]:
-        return [(float(x) * self.scale, float(y) * self.scale) for x, y in points]
+        (ox, oy), s = self.origin, self.scale
+        return [((float(x) - ox) * s, (float(y) - oy) * s) for x, y in points]
 
     def polygon(self, points, colour, label: int | None = 0) -> None:
         pts = self._pts(points)
@@ -104,14 +113,17 @@ class _Canvas:
             self.mask_draw.polygon(pts, fill=label)
 
     def ellipse(self, centre, radius_x, radius_y, colour, label: int | None = 0) -> None:
-        (cx, cy), s = centre, self.scale
-        box = [(cx - radius_x) * s, (cy - radius_y) * s, (cx + radius_x) * s, (cy + radius_y) * s]
+        (cx, cy), s, (ox, oy) = centre, self.scale, self.origin
+        box = [(cx - radius_x - ox) * s, (cy - radius_y - oy) * s, (cx + radius_x - ox) * s, (cy + radius_y - oy) * s]
+        if box[2] - box[0] < 1 or box[3] - box[1] < 1:  # PIL refuses boxes under a pixel
+            return
         self.draw.ellipse(box, fill=colour)
         if label is not None:
             self.mask_draw.ellipse(box, fill=label)
 
     def rectangle(self, x0, y0, x1, y1, colour, label: int | None = None) -> None:
-        box = [x0 * self.scale, y0 * self.scale, x1 * self.scale, y1 * self.scale]
+        (ox, oy), s = self.origin, self.scale
+        box = [(x0 - ox) * s, (y0 - oy) * s, (x1 - ox) * s, (y1 - oy) * s]
         self.draw.rectangle(box, fill=colour)
         if label is not None:
             self.mask_draw.rectangle(box, fill=label)
@@ -160,17 +172,43 @@ def _limb(canvas: _Canvas, start, end, half_width_start: float, half_width_end: 
         # The belly reaches from the outer contour towards the axis, deepest at mid-belly.
         depth = np.sin(np.pi * u) ** 0.7
         inner = c + normal[None, :] * (hw * (1.0 - 1.3 * depth))[:, None]
+        if b.pattern:
+            canvas.bellies.append((c[8] + normal * hw[8], b.label))
         if b.label:
             canvas.mask_draw.polygon(canvas._pts(np.concatenate([outer, inner[::-1]])), fill=b.label)
-        if b.defined:
-            mid = slice(3, 13)
-            hl_in = c[mid] + normal[None, :] * (hw[mid] + 0.25 * bump[mid])[:, None]
-            hl_out = c[mid] + normal[None, :] * (hw[mid] + 0.75 * bump[mid])[:, None]
-            canvas.polygon(np.concatenate([hl_out, hl_in[::-1]]), _shade(colour, 1.13), label=None)
-            canvas.line(inner[2:14], _shade(colour, 0.68), width=max(0.6, 0.12 * float(hw.mean())))
-            if b.diamond:
-                centre_line = c[4:12] + normal[None, :] * (hw[4:12] * 0.55)[:, None]
-                canvas.line(centre_line, _shade(colour, 0.72), width=max(0.5, 0.08 * float(hw.mean())))
+        if b.defined and b.label:
+            _definition(canvas, b, c, normal, hw, bump, inner, colour)
+        elif b.defined:  # a relaxed muscle may show a faint contour, never the flexed pattern
+            canvas.line(inner[3:13], _shade(colour, 0.85), width=max(0.5, 0.08 * float(hw.mean())))
+
+
+def _definition(canvas: _Canvas, b: Bulge, c, normal, hw, bump, inner, colour) -> None:
+    """Highlight, outline and the muscle's own flexed pattern (biceps peak with veins, triceps
+    horseshoe, calf diamond): what makes a flexed muscle look flexed in a photo."""
+    mid = slice(3, 13)
+    hl_in = c[mid] + normal[None, :] * (hw[mid] + 0.2 * bump[mid])[:, None]
+    hl_out = c[mid] + normal[None, :] * (hw[mid] + 0.8 * bump[mid])[:, None]
+    canvas.polygon(np.concatenate([hl_out, hl_in[::-1]]), _shade(colour, 1.2), label=None)
+    width = max(0.6, 0.14 * float(hw.mean()))
+    dark = _shade(colour, 0.58)
+    canvas.line(inner[2:14], dark, width=width)
+    if b.pattern == "peak":  # split line at the peak and two veins along the belly
+        k = int(np.argmax(bump))
+        canvas.line([c[k] + normal * (hw[k] + 0.85 * bump[k]), c[k] + normal * (hw[k] * 0.2)], dark, width * 0.8)
+        vein = tuple(int(v) for v in np.clip(np.asarray(colour) * np.array([0.7, 0.76, 0.92]), 0, 255))
+        for frac in (0.45, 0.7):
+            canvas.line(c[2:14] + normal[None, :] * (frac * (hw[2:14] + bump[2:14]))[:, None], vein, width * 0.6)
+    elif b.pattern == "horseshoe":  # U-shaped shadow in the distal half, opening towards the shoulder
+        k0, k1 = 7, 14
+        outer_arm = c[k0:k1] + normal[None, :] * ((hw[k0:k1] + bump[k0:k1]) * 0.85)[:, None]
+        bottom = c[k1] + normal * (hw[k1] * 0.4)
+        inner_arm = c[k0:k1]
+        canvas.line(np.concatenate([outer_arm, bottom[None, :], inner_arm[::-1]]), dark, width)
+    elif b.pattern == "diamond":  # central line between the two gastrocnemius heads, and the heads' lower edge
+        canvas.line(c[3:12] + normal[None, :] * (hw[3:12] * 0.55)[:, None], dark, width * 0.8)
+        k = 12
+        canvas.line([c[k] + normal * (hw[k] + bump[k]) * 0.95, c[k] + normal * hw[k] * 0.55,
+                     c[k] - normal * hw[k] * 0.2], dark, width * 0.8)
 
 
 @dataclass
@@ -222,10 +260,10 @@ def _arm_bulges(rng, state: dict, shoulder_angle: float, facing: int) -> tuple[B
     bulges = []
     amp_b = rng.uniform(0.65, 1.05) if state["biceps"] else rng.uniform(0.0, 0.25)
     bulges.append(Bulge(biceps_normal, 0.3, 0.92, amp_b, BICEPS if state["biceps"] else 0,
-                        defined=(rng.random() < 0.85) if state["biceps"] else (rng.random() < 0.12)))
+                        defined=(rng.random() < 0.95) if state["biceps"] else (rng.random() < 0.15), pattern="peak"))
     amp_t = rng.uniform(0.55, 0.9) if state["triceps"] else rng.uniform(0.0, 0.2)
     bulges.append(Bulge(-biceps_normal, 0.3, 0.85, amp_t, TRICEPS if state["triceps"] else 0,
-                        defined=(rng.random() < 0.85) if state["triceps"] else (rng.random() < 0.12)))
+                        defined=(rng.random() < 0.95) if state["triceps"] else (rng.random() < 0.15), pattern="horseshoe"))
     return tuple(bulges)
 
 
@@ -237,8 +275,6 @@ def _draw_arm(canvas, rng, person: _Person, shoulder, state: dict, facing: int, 
     elbow = shoulder + upper * _direction(state["shoulder"], facing)
     wrist = elbow + fore * _direction(state["shoulder"] + state["elbow"], facing)
     bulges = _arm_bulges(rng, state, state["shoulder"], facing)
-    if not label:  # far limbs partly hidden: keep their muscles in the picture but not in the mask
-        bulges = tuple(Bulge(b.normal, b.t0, b.t1, b.amplitude, 0, b.defined) for b in bulges)
     _limb(canvas, shoulder, elbow, 0.038 * h, 0.028 * h, skin, bulges)
     _limb(canvas, elbow, wrist, 0.029 * h, 0.02 * h, skin,
           (Bulge(_direction(state["shoulder"] + state["elbow"] + 90, facing), 0.05, 0.5, 0.35, 0, False),))
@@ -267,8 +303,8 @@ def _draw_leg(canvas, rng, person: _Person, hip, thigh_angle: float, knee_flexio
     if view == "side":
         calf_normal = _direction(shin_angle - 90, facing)
         amp = rng.uniform(0.7, 1.1) if calf_active else rng.uniform(0.1, 0.35)
-        defined = (rng.random() < 0.85) if calf_active else (rng.random() < 0.12)
-        bulges = (Bulge(calf_normal, 0.06, 0.62, amp, CALF if (calf_active and label) else 0, defined, diamond=True),)
+        defined = (rng.random() < 0.95) if calf_active else (rng.random() < 0.15)
+        bulges = (Bulge(calf_normal, 0.06, 0.62, amp, CALF if (calf_active and label) else 0, defined, pattern="diamond"),)
     else:  # front view: gastrocnemius heads show on both sides, calves relaxed
         n = _direction(shin_angle + 90, facing)
         bulges = (Bulge(n, 0.08, 0.55, 0.2, 0, False), Bulge(-n, 0.08, 0.55, 0.25, 0, False))
@@ -350,8 +386,9 @@ def _draw_gym(canvas: _Canvas, rng: np.random.Generator, height: int, width: int
     """Wall, floor and equipment; returns the y of the floor line (pixels)."""
     floor_y = height * rng.uniform(0.62, 0.9)
     wall = _jitter(rng, _WALL_COLOURS[rng.integers(len(_WALL_COLOURS))], 15)
-    for y in range(0, int(floor_y) + 1, 2):  # vertical light gradient on the wall
-        canvas.rectangle(0, y, width, y + 2, _shade(wall, 1.08 - 0.2 * y / max(floor_y, 1)))
+    band = max(2.0, height / 128)
+    for y in np.arange(0.0, floor_y + band, band):  # vertical light gradient on the wall
+        canvas.rectangle(0, y, width, y + band, _shade(wall, 1.08 - 0.2 * y / max(floor_y, 1)))
     if rng.random() < 0.5:  # painted stripe
         y0 = rng.uniform(0.2, 0.6) * floor_y
         canvas.rectangle(0, y0, width, y0 + rng.uniform(0.02, 0.06) * height, _jitter(rng, rng.integers(0, 256, 3), 0))
@@ -415,29 +452,75 @@ def _camera(rng: np.random.Generator, image: Image.Image) -> Image.Image:
     return out
 
 
+def _draw_scene(canvas: _Canvas, rng: np.random.Generator, scene: tuple[float, float]) -> float:
+    """Gym and one or two people in scene units; returns the main person's height."""
+    scene_h, scene_w = scene
+    floor_y = _draw_gym(canvas, rng, scene_h, scene_w)
+    n_people = 1 if rng.random() < 0.7 else 2
+    main_x = rng.uniform(0.3, 0.7) * scene_w
+    for k in range(n_people):
+        feet_y = floor_y + rng.uniform(0.0, 0.08) * scene_h
+        if k < n_people - 1:  # someone beside or behind the main person, drawn first
+            person_height = min(rng.uniform(0.45, 0.9) * scene_h, 0.95 * feet_y)
+            feet_x = main_x + rng.choice([-1, 1]) * rng.uniform(0.12, 0.35) * scene_w
+        else:
+            person_height = min(rng.uniform(0.6, 0.95) * scene_h, 0.95 * feet_y)
+            feet_x = main_x
+        view = "side" if rng.random() < 0.7 else "front"
+        _draw_person(canvas, rng, _random_person(rng, person_height), feet_x, feet_y, view)
+    return person_height
+
+
+def _choose_window(rng: np.random.Generator, preview: _Canvas, person_height: float,
+                   scene: tuple[float, float], aspect: float) -> tuple[float, float, float]:
+    """Scene window (x0, y0, height) of the photo: mostly a close-up of one muscle.
+
+    85 % of close-ups centre on an activated muscle (each class present equally likely), the
+    rest on a relaxed one, so a model sees flexed and relaxed limbs at the same scale; 10 % of
+    photos show the whole scene (full-body shots, small muscles).
+    """
+    scene_h, scene_w = scene
+    if rng.random() < 0.1:
+        return 0.0, 0.0, scene_h
+    mask = np.asarray(preview.mask)
+    present = [c for c in (BICEPS, TRICEPS, CALF) if np.any(mask == c)]
+    relaxed = [p for p, label in preview.bellies if label == 0]
+    if present and (rng.random() < 0.85 or not relaxed):
+        ys, xs = np.nonzero(mask == rng.choice(present))
+        i = rng.integers(len(xs))
+        focus = (np.array([xs[i], ys[i]]) + 0.5) / preview.scale
+    elif relaxed:
+        focus = relaxed[rng.integers(len(relaxed))]
+    else:
+        focus = np.array([rng.uniform(0, scene_w), rng.uniform(0, scene_h)])
+    window_h = min(person_height * rng.uniform(0.16, 0.38), scene_h, scene_w / aspect)
+    window_w = window_h * aspect
+    x0 = float(np.clip(focus[0] - window_w * rng.uniform(0.25, 0.75), 0, scene_w - window_w))
+    y0 = float(np.clip(focus[1] - window_h * rng.uniform(0.25, 0.75), 0, scene_h - window_h))
+    return x0, y0, window_h
+
+
 def make_photo(rng: np.random.Generator, size: tuple[int, int] = (256, 256)) -> tuple[np.ndarray, np.ndarray]:
     """Draw one gym photo. ``size`` is (height, width) in pixels.
 
-    Returns ``image`` (H, W, 3) uint8 and ``mask`` (H, W) uint8 (0 background, 1 activated
-    biceps, 2 activated triceps, 3 activated calf).
+    The scene is drawn twice from the same random state: as a thumbnail, to find where the
+    muscles are, then the chosen window (usually a close-up of one arm or calf) at the photo's
+    resolution. Returns ``image`` (H, W, 3) uint8 and ``mask`` (H, W) uint8 (0 background,
+    1 activated biceps, 2 activated triceps, 3 activated calf).
     """
     height, width = size
-    canvas = _Canvas(height, width, _SUPERSAMPLE)
-    floor_y = _draw_gym(canvas, rng, height, width)
-    n_people = 1 if rng.random() < 0.8 else 2
-    for k in range(n_people):
-        # People from full-body shots to close-ups where the body runs out of the frame.
-        person_height = height * (rng.uniform(0.7, 2.0) if k == n_people - 1 else rng.uniform(0.45, 0.8))
-        person = _random_person(rng, person_height)
-        view = "side" if rng.random() < 0.7 else "front"
-        feet_x = rng.uniform(0.25, 0.75) * width
-        feet_y = floor_y + rng.uniform(0.0, 0.08) * height
-        if person_height > 0.95 * height:
-            if rng.random() < 0.5:  # close-up of the upper body: head near the top, feet below the frame
-                feet_y = rng.uniform(-0.05, 0.1) * height + person_height
-            else:  # close-up of the legs: feet near the bottom, head above the frame
-                feet_y = rng.uniform(0.85, 0.98) * height
-        _draw_person(canvas, rng, person, feet_x, feet_y, view)
+    aspect = width / height
+    scene = (1000.0, 1000.0 * aspect)
+    state = rng.bit_generator.state
+    preview_scale = 192 / scene[0]
+    preview = _Canvas(int(scene[0] * preview_scale), int(scene[1] * preview_scale), preview_scale)
+    person_height = _draw_scene(preview, rng, scene)
+    x0, y0, window_h = _choose_window(rng, preview, person_height, scene, aspect)
+    after = rng.bit_generator.state
+    rng.bit_generator.state = state  # replay the same scene in the chosen window
+    canvas = _Canvas(height * _SUPERSAMPLE, width * _SUPERSAMPLE, height * _SUPERSAMPLE / window_h, (x0, y0))
+    _draw_scene(canvas, rng, scene)
+    rng.bit_generator.state = after
     image = canvas.image.resize((width, height), Image.LANCZOS)
     mask = canvas.mask.resize((width, height), Image.NEAREST)
     return np.asarray(_camera(rng, image)), np.asarray(mask, dtype=np.uint8)
