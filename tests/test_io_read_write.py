@@ -144,11 +144,12 @@ def _round_trip(image, labels, path: Path):
     return written, back
 
 
-# Axis-aligned grids come back bit-identical; for the oblique lumbar grid ITK re-derives
-# orthonormal directions from the header's float32 numbers, which moves the affine by ~3e-11 mm.
+# Axis-aligned grids come back bit-identical. The oblique lumbar grid is read from its qform
+# (quaternion, computed in float64) and written back with an sform too, whose float32 numbers
+# nibabel prefers when reading: the affine moves by ~2e-7 mm (float32 rounding), nothing more.
 @pytest.mark.parametrize(
     "relative_path, affine_tolerance",
-    [("totalsegmentator/mr_upper_abdomen/example_mr_sm.nii.gz", 0.0), ("musclemap/lumbar_mr_labeled/image.nii.gz", 1e-9)],
+    [("totalsegmentator/mr_upper_abdomen/example_mr_sm.nii.gz", 0.0), ("musclemap/lumbar_mr_labeled/image.nii.gz", 1e-6)],
 )
 def test_nifti_label_map_round_trip(shared_data, tmp_path, relative_path, affine_tolerance):
     image = read_image(shared_data / relative_path)

@@ -87,13 +87,20 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
     for path in case.paths:
         if not path.is_file():
             raise NoCasesFoundError(path, "does not exist (moved or deleted since discovery?)")
+    if case.format == "nifti":
+        # Decoded once with gzip + nibabel (which the checks need anyway); the affine is nibabel's
+        # best affine, as MONAI's NibabelReader gives it. ITK is not needed (importing it costs
+        # seconds on a cold start).
+        header, voxels = _check_nifti_file(source)
+        image = MetaTensor(torch.as_tensor(np.asarray(voxels, dtype=np.float32)),
+                           affine=torch.as_tensor(header.get_best_affine(), dtype=torch.float64),
+                           meta={"spacing": np.asarray(header.get_zooms()[:3], dtype=np.float64)})
+        return _finish(image, source, case, volume_index)
     if case.format == "dicom":
         data: object = [str(p) for p in ordered_series_files(case)]
         reader: ITKReader = DicomSeriesITKReader()
     else:
         data = str(source)
-        if case.format == "nifti":
-            _check_nifti_file(source)
         reader = ITKReader()
     with _itk_warnings_off():
         try:
@@ -105,7 +112,11 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
             if "spacing" in reason.lower():  # e.g. MetaImage "ElementSpacing = 1 0 1"
                 raise InvalidGeometryError(source, f"invalid voxel spacing: {reason}") from None
             raise CorruptFileError(source, f"ITK cannot read it: {reason}") from None
+    return _finish(image, source, case, volume_index)
 
+
+def _finish(image: MetaTensor, source: Path, case: Case, volume_index: int | None) -> MetaTensor:
+    """Checks common to every reader, then the (X, Y, Z) float32 MetaTensor with our meta keys."""
     array, affine = _select_volume(image, source, volume_index)
     _check_geometry(affine, image.meta.get("spacing"), source)
     _check_finite(array, source)
@@ -194,8 +205,10 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _check_nifti_file(path: Path) -> None:
-    """Decode a NIfTI file with gzip + nibabel and refuse what ITK would silently accept."""
+def _check_nifti_file(path: Path):
+    """Decode a NIfTI file with gzip + nibabel and refuse what ITK would silently accept.
+
+    Returns (header, voxels): the NIfTI header and the scaled voxel array."""
     try:
         if path.name.lower().endswith(".gz"):
             with gzip.open(path, "rb") as stream:
@@ -234,6 +247,7 @@ def _check_nifti_file(path: Path) -> None:
         raise CorruptFileError(path, f"voxel data cannot be read ({_first_line(exc)})") from None
     del raw
     _check_finite(voxels, path)
+    return header, voxels
 
 
 def _check_finite(array, path: Path) -> None:
