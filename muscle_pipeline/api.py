@@ -20,6 +20,7 @@ from muscle_pipeline.batch import BatchReport, CaseResult, parse_shard, run_batc
 from muscle_pipeline.errors import ModelError, NoCasesFoundError
 from muscle_pipeline.io import discover, ordered_series_files, read_image, write_label_map
 from muscle_pipeline.outputs import REPORT_NAME, write_json
+from muscle_pipeline.profiling import stage as profiled
 from muscle_pipeline.qc import save_qc_png
 from muscle_pipeline.quantify import measure_volumes, write_volumes_csv
 from muscle_pipeline.segmentation import segment_image
@@ -82,6 +83,17 @@ def segment_case_to_folder(case, image, folder: Path, stage, model, model_name: 
     result = segment_image(image, model, side=side, stage=stage)
     stage("write")
     t0 = time.perf_counter()
+    with profiled("write"):
+        report = _write_case_outputs(case, image, folder, model, model_name, result, dicom_seg)
+    result.timings["write"] = time.perf_counter() - t0
+    result.timings["total"] = time.perf_counter() - t_start
+    report["timings_s"] = {k: round(v, 3) for k, v in result.timings.items()}
+    write_json(folder / REPORT_NAME, report)  # last: its presence + status marks the case complete
+    return report
+
+
+def _write_case_outputs(case, image, folder: Path, model, model_name: str, result, dicom_seg: bool) -> dict:
+    """Every file of the case folder except report.json; returns the report (without timings)."""
     label_array = result.labels.numpy().astype(np.uint8)
     affine = np.asarray(image.affine, dtype=float)
     write_label_map(label_array, image, folder / "segmentation.nii.gz")
@@ -97,9 +109,7 @@ def segment_case_to_folder(case, image, folder: Path, stage, model, model_name: 
         from muscle_pipeline.io.dicom_seg import write_dicom_seg
 
         write_dicom_seg(label_array, affine, ordered_series_files(case), folder / "segmentation.dcm", notes=warnings)
-    result.timings["write"] = time.perf_counter() - t0
-    result.timings["total"] = time.perf_counter() - t_start
-    report = {
+    return {
         "status": "complete",
         "case_id": case.case_id,
         "sources": [str(p) for p in case.paths],
@@ -109,12 +119,10 @@ def segment_case_to_folder(case, image, folder: Path, stage, model, model_name: 
         "input": {"shape": list(label_array.shape), "affine": affine.round(6).tolist(),
                   "modality": image.meta.get("modality")},
         "legs": result.legs,
-        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "timings_s": {},
         "warnings": warnings,
         "volumes_ml": {v.name: v.volume_ml for v in volumes},
     }
-    write_json(folder / REPORT_NAME, report)  # last: its presence + status marks the case complete
-    return report
 
 
 def segment(

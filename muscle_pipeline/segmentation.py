@@ -21,6 +21,7 @@ import torch
 from monai.data import MetaTensor
 
 from muscle_pipeline.errors import UnsupportedImageError
+from muscle_pipeline.profiling import stage as profiled
 from muscle_pipeline.transforms.legs import MirrorToRight, merge_legs, split_legs
 from muscle_pipeline.transforms.region import recognize_side
 
@@ -90,7 +91,8 @@ def segment_image(
 
     stage("split legs")
     t0 = time.perf_counter()
-    crops = split_legs(img, margin_mm=margin_mm, side=side)
+    with profiled("split_legs"):
+        crops = split_legs(img, margin_mm=margin_mm, side=side)
     timings["split_legs"] = time.perf_counter() - t0
     if not crops:
         raise UnsupportedImageError(image.meta.get("filename_or_obj"), "no body found in the image (is it empty?)")
@@ -102,7 +104,8 @@ def segment_image(
 
     stage("check sides")
     t0 = time.perf_counter()
-    side_checks = [_check_side(crop, warnings) for crop in crops]
+    with profiled("side_check"):
+        side_checks = [_check_side(crop, warnings) for crop in crops]
     timings["side_check"] = time.perf_counter() - t0
 
     mirror = MirrorToRight()
@@ -110,21 +113,24 @@ def segment_image(
     for crop, side_check in zip(crops, side_checks):
         stage(f"segment {crop.side} leg")
         t0 = time.perf_counter()
-        right_looking = mirror(crop.image, side=crop.side)
+        with profiled("mirror_merge"):
+            right_looking = mirror(crop.image, side=crop.side)
         with torch.inference_mode():
             pred = model.predict(right_looking)
         pred = torch.as_tensor(np.asarray(pred)).reshape(right_looking.shape[1:])
         meta = {k: v for k, v in right_looking.meta.items() if k != "affine"}
         pred_mt = MetaTensor(pred[None].to(torch.uint8), affine=right_looking.affine.clone(), meta=meta)
         pred_mt.applied_operations = list(right_looking.applied_operations)
-        back = MirrorToRight().inverse(pred_mt, labels=True)
+        with profiled("mirror_merge"):
+            back = MirrorToRight().inverse(pred_mt, labels=True)
         leg_maps.append(back)
         timings[f"model_{crop.side}"] = time.perf_counter() - t0
         legs.append({**{k: crop.info.get(k) for k in ("side", "side_source", "roi_start", "roi_end", "volume_ml",
                                                       "centroid_mm")}, "anatomical_side": side_check})
 
     stage("merge")
-    merged = merge_legs(leg_maps, img, legs=[c.info for c in crops])
+    with profiled("mirror_merge"):
+        merged = merge_legs(leg_maps, img, legs=[c.info for c in crops])
     meta = {k: v for k, v in image.meta.items() if k != "affine"}
     out = MetaTensor(merged[0].to(torch.uint8), affine=image.affine.clone(), meta=meta)
     return SegmentationResult(labels=out, legs=legs, timings=timings, warnings=warnings)

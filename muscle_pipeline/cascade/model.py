@@ -18,6 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, SpatialResample, Spacing
 
 from .. import labels as ontology
+from ..profiling import stage
 from .boxes import BoxPriors, WorldBox
 from .fuse import fuse_local_probabilities
 from .localize import Localizer
@@ -106,21 +107,26 @@ class CascadeModel:
     def preprocess(self, image: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """(1, X, Y, Z) input → (stage-1 image, stage-2 image), both RAS-oriented and normalised."""
         image = _as_meta(image)
-        img2 = Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
-        img2 = Spacing(pixdim=self.stage2_spacing, mode="bilinear")(img2)
+        with stage("preprocess"):
+            img2 = Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
+            img2 = Spacing(pixdim=self.stage2_spacing, mode="bilinear")(img2)
         if self.bias_correction is not None:
-            img2 = self.bias_correction(img2)
-        img2 = self.intensity(img2)
-        img1 = Spacing(pixdim=self.stage1_spacing, mode="bilinear")(img2)
+            with stage("n4"):
+                img2 = self.bias_correction(img2)
+        with stage("preprocess"):
+            img2 = self.intensity(img2)
+            img1 = Spacing(pixdim=self.stage1_spacing, mode="bilinear")(img2)
         return _as_meta(img1), _as_meta(img2)
 
     # --- prediction ----------------------------------------------------------------------------
     def _local_probabilities(self, image: MetaTensor, progress: bool):
         img1, img2 = self.preprocess(image)
-        world_boxes = self.localizer.boxes(img1)
+        with stage("stage1"):
+            world_boxes = self.localizer.boxes(img1)
         shape2 = tuple(img2.shape[1:])
         boxes2 = {m: world_boxes[m].to_voxels(np.asarray(img2.affine), shape2) for m in self.structures}
-        items = self.refiner.refine(img2, boxes2, progress=progress)
+        with stage("stage2"):
+            items = self.refiner.refine(img2, boxes2, progress=progress)
         return items, np.asarray(img2.affine, float)
 
     def predict(self, image: MetaTensor, progress: bool = False) -> MetaTensor:
@@ -129,10 +135,12 @@ class CascadeModel:
         target_affine = np.asarray(image.affine, float)
         target_shape = tuple(image.shape[1:])
         items, affine2 = self._local_probabilities(image, progress)
-        labels = fuse_local_probabilities(items, self.values, affine2, target_affine, target_shape, self.threshold)
+        with stage("fusion"):
+            labels = fuse_local_probabilities(items, self.values, affine2, target_affine, target_shape, self.threshold)
         if self.postprocess:
-            labels = clean_labels(labels.numpy(), target_affine, self.closing_mm)
-            labels = torch.as_tensor(labels, dtype=torch.uint8)
+            with stage("postprocess"):
+                labels = clean_labels(labels.numpy(), target_affine, self.closing_mm)
+                labels = torch.as_tensor(labels, dtype=torch.uint8)
         return MetaTensor(labels, affine=torch.as_tensor(target_affine), meta={k: v for k, v in image.meta.items()
                                                                                if k not in ("affine",)})
 
