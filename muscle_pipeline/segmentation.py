@@ -26,6 +26,9 @@ from muscle_pipeline.transforms.legs import MirrorToRight, merge_legs, split_leg
 from muscle_pipeline.transforms.region import recognize_side
 
 
+SIDE_CHECK_SLICES = 32  # evenly spaced slices voting on each leg's side: enough votes, bounded cost
+
+
 def _check_side(crop, warnings: list[str]) -> str | None:
     """Compare the header's side of a leg with what its bones say (fibula lateral to the tibia,
     femur lateral of the thigh's centre); a disagreement becomes a warning in report.json. The
@@ -35,7 +38,7 @@ def _check_side(crop, warnings: list[str]) -> str | None:
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
-            result = recognize_side(crop.image, header_side=crop.side, warn=False)
+            result = recognize_side(crop.image, header_side=crop.side, warn=False, max_slices=SIDE_CHECK_SLICES)
     except Exception as exc:  # the check is advisory: never fail a case because of it
         warnings.append(f"{crop.side} leg: anatomical side check failed ({type(exc).__name__}: {exc})")
         return None
