@@ -63,29 +63,40 @@ def save_qc_png(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    img, spacing = _to_ras(np.asarray(image, dtype=np.float32), affine)
+    # Views only (no full-volume copies): a 512x512x1200 scan must not double in memory here.
+    img, spacing = _to_ras(np.asarray(image), affine)
     lab, _ = _to_ras(np.asarray(label_map), affine)
-    finite = img[np.isfinite(img)]
+    z_step = max(1, img.shape[2] // 48)  # window and body box from <= ~48 slices
+    sample = np.asarray(img[::2, ::2, ::z_step], dtype=np.float32)
+    finite = sample[np.isfinite(sample)]
     lo, hi = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0)
-    gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+
+    def gray(index) -> np.ndarray:
+        return np.clip((np.asarray(img[index], dtype=np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+
+    labelled_z = np.flatnonzero(lab.any(axis=(0, 1)))
     # Crop x/y to the body (and labels) so small anatomy fills the tiles.
-    body = (gray > 0.15).any(axis=2) | (lab > 0).any(axis=2)
+    body = (gray((slice(None), slice(None), slice(None, None, z_step))) > 0.15).any(axis=2)
+    if labelled_z.size:
+        body |= lab[:, :, labelled_z].any(axis=2)
+    xs = ys = slice(None)
     if body.any():
         (x0, y0), (x1, y1) = np.argwhere(body).min(0), np.argwhere(body).max(0)
         mx, my = max(3, (x1 - x0) // 20), max(3, (y1 - y0) // 20)
         xs = slice(max(0, x0 - mx), x1 + mx + 1)
         ys = slice(max(0, y0 - my), y1 + my + 1)
-        gray, lab = gray[xs, ys], lab[xs, ys]
 
-    values = np.unique(lab[lab > 0])
+    lab_values = np.unique(lab[:, :, labelled_z]) if labelled_z.size else np.zeros(1, lab.dtype)
+    values = lab_values[lab_values > 0]
     lut = _colour_lut(values)
     if values.size:
-        z_any = np.flatnonzero((lab > 0).any(axis=(0, 1)))
-        z_slices = np.unique(np.linspace(z_any[0], z_any[-1], n_axial).round().astype(int))
-        y_centre = int(np.round(np.argwhere(lab > 0)[:, 1].mean()))
+        z_slices = np.unique(np.linspace(labelled_z[0], labelled_z[-1], n_axial).round().astype(int))
+        y_any = np.flatnonzero(lab[xs, ys][:, :, labelled_z].any(axis=(0, 2)))
+        y_centre = int(np.round(y_any.mean()))
     else:
         z_slices = np.unique(np.linspace(0, img.shape[2] - 1, n_axial).round().astype(int))
-        y_centre = img.shape[1] // 2
+        y_centre = (ys.stop - ys.start) // 2 if body.any() else img.shape[1] // 2
+    lab = lab[xs, ys]  # img stays whole: gray() crops it with xs, ys
 
     n_cols = 4
     n_rows = int(np.ceil(len(z_slices) / n_cols)) + 1
@@ -94,14 +105,14 @@ def save_qc_png(
         ax = fig.add_subplot(n_rows, n_cols, i + 1)
         # (X, Y) slice -> rows = y flipped (anterior up), cols = x flipped (subject's right on
         # the viewer's left: radiological convention).
-        rgb = _overlay(gray[:, :, z], lab[:, :, z], lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
+        rgb = _overlay(gray((xs, ys, z)), np.asarray(lab[:, :, z]), lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
         ax.imshow(rgb, aspect=spacing[1] / spacing[0], interpolation="nearest")
         ax.set_title(f"axial z={z}", color="white", fontsize=8)
         ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
         ax.text(0.93, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
         ax.axis("off")
     ax = fig.add_subplot(n_rows, 1, n_rows)
-    rgb = _overlay(gray[:, y_centre, :], lab[:, y_centre, :], lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
+    rgb = _overlay(gray((xs, (ys.start or 0) + y_centre, slice(None))), np.asarray(lab[:, y_centre, :]), lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
     ax.imshow(rgb, aspect=spacing[2] / spacing[0], interpolation="nearest")
     ax.set_title(f"coronal y={y_centre}", color="white", fontsize=8)
     ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
