@@ -135,6 +135,7 @@ def segment(
     side: str | None = None,
     dicom_seg: bool = True,
     progress: bool = True,
+    memory_budget_mb: float | None = None,
 ) -> list[CaseResult]:
     """Segment every case found in ``inputs`` (files or folders, searched recursively) and write
     one output folder per case under ``output_dir`` (see docs/outputs.md).
@@ -142,7 +143,8 @@ def segment(
     Resumable (complete cases are skipped unless ``overwrite``), failure-isolated (a bad case is
     recorded in ``batch_report.csv`` and the batch goes on), shardable (``shard="i/n"``). Returns
     one :class:`CaseResult` per case of the shard (``status`` complete/skipped/failed/locked;
-    ``details`` holds the case's report, with volumes in mL and warnings).
+    ``details`` holds the case's report, with volumes in mL and warnings). ``memory_budget_mb``
+    overrides a cascade bundle's fusion working-memory budget (see docs/benchmarks.md).
     """
     skipped: list = []
     cases = discover(inputs, skipped=skipped)
@@ -151,6 +153,8 @@ def segment(
         raise NoCasesFoundError(first, "no readable scan found" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     net = load_model(model, device=device)
+    if memory_budget_mb is not None and hasattr(net, "memory_budget_mb"):
+        net.memory_budget_mb = float(memory_budget_mb)
     model_name = Path(str(model)).name
 
     def process(case, image, folder, stage):

@@ -87,7 +87,7 @@ class CascadeModel:
 
     def __init__(self, structures: list[str], modality: str, localizer: Localizer, refiner: Refiner,
                  stage1_spacing, stage2_spacing, intensity, bias_correction=None, threshold: float = 0.5,
-                 postprocess: bool = True, closing_mm: float = 3.0):
+                 postprocess: bool = True, closing_mm: float = 3.0, memory_budget_mb: float | None = None):
         self.structures = list(structures)
         self.modality = modality
         self.localizer, self.refiner = localizer, refiner
@@ -98,6 +98,9 @@ class CascadeModel:
         self.threshold = threshold
         self.postprocess = postprocess
         self.closing_mm = closing_mm
+        # working memory of one fusion block (MB); None: each muscle's box at once. The input and
+        # the uint8 outputs come on top of it.
+        self.memory_budget_mb = memory_budget_mb
 
     @property
     def values(self) -> dict[str, int]:
@@ -136,7 +139,8 @@ class CascadeModel:
         target_shape = tuple(image.shape[1:])
         items, affine2 = self._local_probabilities(image, progress)
         with stage("fusion"):
-            labels = fuse_local_probabilities(items, self.values, affine2, target_affine, target_shape, self.threshold)
+            labels = fuse_local_probabilities(items, self.values, affine2, target_affine, target_shape, self.threshold,
+                                              memory_budget_mb=self.memory_budget_mb)
         if self.postprocess:
             with stage("postprocess"):
                 labels = clean_labels(labels.numpy(), target_affine, self.closing_mm)
@@ -158,18 +162,24 @@ class CascadeModel:
                 src, dst_affine=torch.as_tensor(target_affine), spatial_size=target_shape)[0].as_tensor()
         return MetaTensor(out, affine=torch.as_tensor(target_affine))
 
-    def segment_file(self, image_path: str, output_path: str) -> str:
-        """Read one leg image, predict, write the label map (NIfTI) on the input grid."""
-        from monai.transforms import LoadImage, SaveImage
+    def segment_file(self, image_path: str, output_path: str, side: str | None = None) -> str:
+        """Segment a scan file (one leg or both, any side) and write its label map on the input grid.
 
-        image = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(image_path)
-        labels = self.predict(image)
+        Goes through the segment job's side handling (:func:`muscle_pipeline.segmentation.segment_image`):
+        legs are split, a left leg is mirrored before the model sees it and gets LEFT ontology
+        values (base + 100). ``side`` names the leg of a single-leg scan when its position relative
+        to the isocentre would not (see docs/outputs.md).
+        """
+        from ..io import read_image, write_label_map
+        from ..segmentation import segment_image
+
+        image = read_image(image_path)
+        result = segment_image(image, self, side=side or None)
+        for warning in result.warnings:
+            log.warning("%s: %s", image_path, warning)
         out = Path(output_path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        saver = SaveImage(output_dir=str(out.parent), output_postfix="", separate_folder=False,
-                          output_dtype=np.uint8, resample=False, print_log=False)
-        labels.meta["filename_or_obj"] = out.name.replace(".nii.gz", "").replace(".nii", "")
-        saver(labels[None])
+        write_label_map(result.labels.numpy().astype(np.uint8), image, out)
         return str(out)
 
 
@@ -217,4 +227,4 @@ def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu",
     return CascadeModel(structures, parser["modality"], localizer, refiner, parser["stage1_spacing"],
                         parser["stage2_spacing"], parser.get_parsed_content("intensity"), bias,
                         threshold=parser.get("fusion_threshold", 0.5), postprocess=parser.get("postprocess", True),
-                        closing_mm=parser.get("closing_mm", 3.0))
+                        closing_mm=parser.get("closing_mm", 3.0), memory_budget_mb=parser.get("memory_budget_mb", 512))

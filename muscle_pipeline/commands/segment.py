@@ -25,6 +25,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="side of the leg when a scan holds a single leg (default: from the header)")
     p.add_argument("--no-dicom-seg", action="store_true", help="do not write DICOM-SEG for DICOM inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--memory-budget-mb", type=float, default=None, metavar="MB",
+                   help="working memory of one fusion block in MB (cascade models; default: the bundle's "
+                        "memory_budget_mb, 512). Lower it for huge scans on small machines")
     return p
 
 
@@ -32,7 +35,8 @@ def run(args) -> int:
     from muscle_pipeline.api import batch_exit_code, segment
 
     results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
-                      shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet)
+                      shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet,
+                      memory_budget_mb=args.memory_budget_mb)
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
