@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
-import io
 import logging
 import warnings
 import zlib
@@ -208,30 +207,52 @@ def _first_line(exc: BaseException) -> str:
 def _check_nifti_file(path: Path):
     """Decode a NIfTI file with gzip + nibabel and refuse what ITK would silently accept.
 
-    Returns (header, voxels): the NIfTI header and the scaled voxel array."""
+    Returns (header, voxels): the NIfTI header and the scaled voxel array. One streaming pass:
+    only the voxel array is held (not the file's bytes as well), and a gzip stream is read to
+    its end so that its CRC and length are checked.
+    """
+    gz = path.name.lower().endswith(".gz")
+
+    def open_stream():
+        return gzip.open(path, "rb") if gz else open(path, "rb")
+
     try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as stream:
-                raw = stream.read()  # reads to the end: checks the CRC and the length
-        else:
-            raw = path.read_bytes()
+        with open_stream() as stream:
+            header = _parse_nifti_header(path, stream)
+            _check_nifti_geometry(path, header)
+            stream.seek(0)
+            try:
+                voxels = header.data_from_fileobj(stream)
+            except (EOFError, gzip.BadGzipFile, zlib.error):
+                raise
+            except Exception as exc:
+                raise CorruptFileError(path, f"voxel data cannot be read ({_first_line(exc)})") from None
+            while stream.read(1 << 24):  # to the end: gzip checks the CRC and the length there
+                pass
     except EOFError:
         raise CorruptFileError(path, "truncated gzip file (the compressed stream ends early)") from None
     except (gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise CorruptFileError(path, f"corrupt gzip file ({exc})") from None
+    _check_finite(voxels, path)
+    return header, voxels
 
-    header = None
+
+def _parse_nifti_header(path: Path, stream):
+    """The NIfTI-1 or -2 header (with extensions) at the start of ``stream``, nothing "fixed"."""
     for header_class in (nib.Nifti1Header, nib.Nifti2Header):
         try:
-            candidate = header_class.from_fileobj(io.BytesIO(raw), check=False)
+            stream.seek(0)
+            candidate = header_class.from_fileobj(stream, check=False)
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            raise
         except Exception:
             continue
         if int(candidate["sizeof_hdr"]) == header_class.sizeof_hdr:
-            header = candidate
-            break
-    if header is None:
-        raise CorruptFileError(path, "not a NIfTI file (no valid NIfTI-1/2 header)")
+            return candidate
+    raise CorruptFileError(path, "not a NIfTI file (no valid NIfTI-1/2 header)")
 
+
+def _check_nifti_geometry(path: Path, header) -> None:
     ndim = int(header["dim"][0])
     spatial = min(ndim, 3)
     pixdim = np.asarray(header["pixdim"][1 : 1 + spatial], dtype=np.float64)
@@ -240,14 +261,6 @@ def _check_nifti_file(path: Path):
     affine = header.get_best_affine()
     if not np.all(np.isfinite(affine)) or np.any(np.linalg.norm(affine[:3, :spatial], axis=0) <= 0):
         raise InvalidGeometryError(path, f"voxel-to-world affine has a zero or non-finite axis:\n{affine}")
-
-    try:
-        voxels = header.data_from_fileobj(io.BytesIO(raw))
-    except Exception as exc:
-        raise CorruptFileError(path, f"voxel data cannot be read ({_first_line(exc)})") from None
-    del raw
-    _check_finite(voxels, path)
-    return header, voxels
 
 
 def _check_finite(array, path: Path) -> None:
