@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_segment import machine
 
-    source = ensure_whole_limb_ct(args.slices)
+    ensure_whole_limb_ct(args.slices)  # once, before the timed processes
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OMP_WAIT_POLICY="PASSIVE")
     rows = []
     for budget in args.budgets.split(","):
