@@ -8,7 +8,7 @@ calf 0.028, pixel accuracy 0.955; on the 20 photos of this test: mIoU 0.281, mus
 biceps 0.137, pixel accuracy 0.942. Floors sit below the 20-photo figures. The all-background
 answer scores mIoU ~0.24 and muscle mIoU 0, so the muscle floors are what shows learning. The
 demo model finds activated biceps; it has NOT learned triceps, and calf only barely, within
-its ~45 minutes of CPU training, so those classes have no floor of their own.
+about an hour of CPU training, so those classes have no floor of their own.
 """
 from __future__ import annotations
 
