@@ -5,9 +5,9 @@ import os
 import uuid
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
-from monai.data import ITKWriter
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -18,11 +18,12 @@ def write_label_map(labels, reference, path: str | Path) -> Path:
     ``labels``: array/tensor of shape (X, Y, Z) (or (1, X, Y, Z)) equal to the reference's
     spatial shape, non-negative integer values. ``reference``: the MetaTensor the labels belong
     to; its ``.affine`` (voxel index -> RAS+ mm) is written unchanged. Stored as uint8 when every
-    value is <= 255, else uint16. Written with MONAI's ITKWriter, the counterpart of the
-    ITKReader that :func:`read_image` uses, so that reading the file back gives the same affine
-    (exactly for axis-aligned grids; within 1e-10 mm for oblique ones, where nibabel's float32
-    header round trip drifts by ~1e-7 mm). The file is written under a temporary name in the
-    same folder and renamed, so a killed job never leaves a half-written file behind. Returns the path written (``.nii.gz`` or ``.nii``).
+    value is <= 255, else uint16. Written with nibabel, the counterpart of :func:`read_image`'s
+    NIfTI reader: reading the file back gives the same affine (exactly where its numbers are
+    float32 numbers, as when it came from a NIfTI file's sform; else to float32 rounding,
+    ~1e-7 mm). The file is written under a temporary name in the same folder and renamed, so a
+    killed job never leaves a half-written file behind. Returns the path written (``.nii.gz`` or
+    ``.nii``).
     """
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
@@ -46,18 +47,23 @@ def write_label_map(labels, reference, path: str | Path) -> Path:
 
 
 def write_volume(values: np.ndarray, affine, path: str | Path) -> Path:
-    """Write a 3D array (X, Y, Z) with its voxel->RAS ``affine`` as NIfTI, atomically (temporary
-    name in the same folder, then ``os.replace``), with MONAI's ITKWriter in the array's dtype."""
+    """Write a 3D array (X, Y, Z) with its voxel->RAS ``affine`` as NIfTI-1, atomically (temporary
+    name in the same folder, then ``os.replace``), in the array's dtype.
+
+    The affine goes into both the sform and the qform (code 1, scanner), millimetres. nibabel,
+    not ITK: importing ITK costs seconds on a cold start, and the reader is nibabel too.
+    """
     path = Path(path)
     affine = np.asarray(affine, dtype=np.float64)
-    writer = ITKWriter(output_dtype=values.dtype, affine_lps_to_ras=True)
-    writer.set_data_array(values, channel_dim=None)
-    writer.set_metadata({"affine": affine, "original_affine": affine, "spatial_shape": values.shape}, resample=False)
+    image = nib.Nifti1Image(np.asarray(values), affine)
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    image.header.set_xyzt_units(xyz="mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
     temporary = path.parent / f".{path.name[: -len(suffix)]}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
-        writer.write(str(temporary))
+        nib.save(image, str(temporary))
         os.replace(temporary, path)
     finally:
         if temporary.exists():
