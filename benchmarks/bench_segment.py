@@ -48,11 +48,13 @@ CASES = {
 }
 LABELLED_CALF = (DATA / "qmritools" / "calf_dti_labeled_half" / "twoLegs_x80-160.nii.gz",
                  DATA / "qmritools" / "calf_dti_labeled_half" / "labels_x80-160.nii.gz")
-# N4 on the cascade's stage-2 grid (3 x 3 x 6 mm leg crops): shrink x2 fits the field at 6 mm, as
-# the x4 default does at 1.5 mm; ONE level of 7 control points and 20 iterations reach the
-# non-uniformity of the 3 levels x 50 iterations default (test_low legs: 0.061 -> 0.029 both) in
-# ~1/4 of the time: ITK's N4 costs ~50-70 ms per iteration even on a 24x24x31 image.
-CASCADE_N4 = {"shrink_factor": 2, "num_fitting_levels": 1, "iterations_per_level": 20, "num_control_points": 7,
+# N4 on the cascade's stage-2 grid (3 x 3 x 6 mm leg crops). ITK's N4 costs ~20-50 ms per iteration
+# on a leg crop at 6 mm, scaling with the voxels fitted: shrink x4 (12 mm in-plane) and ONE level of
+# 7 control points x 20 iterations take 0.15-0.3 s per leg. Low-frequency non-uniformity per leg
+# (before -> SimpleITK-style 3 levels x 50 at shrink 2 -> these settings): test_low 0.061 -> 0.029
+# -> 0.036 and 0.060 -> 0.030 -> 0.031; calf 3D Dixon 0.121 -> 0.086 -> 0.108 and 0.116 -> 0.082 ->
+# 0.099; test_up 0.100 -> 0.065 -> 0.069 (measured 2026-11-21; docs/benchmarks.md).
+CASCADE_N4 = {"shrink_factor": 4, "num_fitting_levels": 1, "iterations_per_level": 20, "num_control_points": 7,
               "num_threads": 1}
 STAGE_ORDER = ["read", "split_legs", "side_check", "preprocess", "n4", "stage1", "stage2", "fusion", "postprocess",
                "mirror_merge", "write"]
