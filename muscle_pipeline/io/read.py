@@ -91,7 +91,9 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
         # best affine, as MONAI's NibabelReader gives it. ITK is not needed (importing it costs
         # seconds on a cold start).
         header, voxels = _check_nifti_file(source)
-        image = MetaTensor(torch.as_tensor(np.asarray(voxels, dtype=np.float32)),
+        # C order like ITK's arrays: nibabel returns the file's x-fastest (Fortran) layout, on
+        # which resampling and crops ran ~20 % slower (calf 3D Dixon)
+        image = MetaTensor(torch.as_tensor(np.ascontiguousarray(voxels, dtype=np.float32)),
                            affine=torch.as_tensor(header.get_best_affine(), dtype=torch.float64),
                            meta={"spacing": np.asarray(header.get_zooms()[:3], dtype=np.float64)})
         return _finish(image, source, case, volume_index)
