@@ -188,7 +188,7 @@ def nnunet_timings(source: Path, threads: int, repeats: int) -> dict | None:
             "predict_s_median": statistics.median(r["predict_s"] for r in runs),
             "predict_s": [r["predict_s"] for r in runs], "import_s": runs[0]["import_s"], "load_s": runs[0]["load_s"],
             "peak_rss_mb": max(max(r["peak_rss_mb"], r["peak_rss_children_mb"]) for r in runs)}
-    return {"model": str(model.relative_to(REPO)), "epochs": model.name.split("_")[1], "checkpoint": runs[0]["checkpoint"],
+    return {"model": str(model.relative_to(REPO)), "epochs": model.name.split("_")[1].replace("epochs", ""), "checkpoint": runs[0]["checkpoint"],
             "training_log": _nnunet_training_summary(model), **rows}
 
 
@@ -262,8 +262,9 @@ def markdown(report: dict) -> str:
                          f"| {ours['peak_rss_mb']:.0f} | {dice_rows.get('calf_mri', {}).get('mean', float('nan')):.3f} |")
         for key, label in (("mirroring", "nnU-Net 2d, mirroring TTA"), ("no_mirroring", "nnU-Net 2d, no TTA")):
             row = nn[key]
+            nn_dice = dice_rows.get("nnunet_2d", {}).get("mean") if key == "mirroring" else None
             lines.append(f"| {label} | {row['predict_s_median']:.2f} | {row['peak_rss_mb']:.0f} "
-                         f"| {dice_rows.get('nnunet_2d', {}).get('mean', float('nan')) if key == 'mirroring' else float('nan'):.3f} |")
+                         f"| {'-' if nn_dice is None else f'{nn_dice:.3f}'} |")
         if ours:
             ratio = nn["mirroring"]["predict_s_median"] / ours["summary"]["warm_total_s"]
             ratio_cold = nn["mirroring"]["predict_s_median"] / ours["summary"]["cold_total_s"]
