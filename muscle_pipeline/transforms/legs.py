@@ -182,13 +182,30 @@ def body_mask(
     return _body_mask_array(arr, spacing, axes, thr, closing_mm, min_component_fraction)
 
 
+def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """First and last index per axis, centroid (voxels) and count of a non-empty boolean mask,
+    from per-axis projections: ``np.argwhere`` would hold 24 bytes per foreground voxel (2 GB for
+    a body in a 512x512x1200 CT)."""
+    first, last, centroid = [], [], []
+    count = 0
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        profile = np.count_nonzero(mask, axis=others)
+        present = np.flatnonzero(profile)
+        first.append(present[0])
+        last.append(present[-1])
+        count = int(profile.sum())
+        centroid.append(float(np.dot(profile, np.arange(profile.size, dtype=np.float64))) / count)
+    return np.asarray(first), np.asarray(last), np.asarray(centroid), count
+
+
 def _body_mask_array(arr, spacing, axes, thr, closing_mm, min_component_fraction) -> np.ndarray:
     full = arr > thr
     if not full.any():
         return full
     # morphology only on the bounding box of the foreground (often a third of the field of view)
-    lo, hi = np.argwhere(full).min(axis=0), np.argwhere(full).max(axis=0) + 1
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    lo, last, _, _ = _extent(full)
+    box = tuple(slice(a, b + 1) for a, b in zip(lo, last))
     out = np.zeros_like(full)
     out[box] = _body_mask_box(full[box], spacing, axes, closing_mm, min_component_fraction)
     return out
@@ -506,18 +523,17 @@ def plan_legs(
         own = owned_mask(info, full=True) & mask
         if not own.any():
             continue
-        idx = np.argwhere(own)
-        lo = np.maximum(idx.min(axis=0) - margin, 0)
-        hi = np.minimum(idx.max(axis=0) + 1 + margin, shape)
+        first, last, centroid_vox, count = _extent(own)
+        lo = np.maximum(first - margin, 0)
+        hi = np.minimum(last + 1 + margin, shape)
         # Keep every slice along superior–inferior: a leg runs through the field of view, and a
         # signal drop-out at an end slice must not cut it off.
         lo[split.axes.si], hi[split.axes.si] = 0, shape[split.axes.si]
-        centroid_vox = idx.mean(axis=0)
         centroid_mm = affine[:3, :3] @ centroid_vox + affine[:3, 3]
         info.update(
             roi_start=lo.tolist(),
             roi_end=hi.tolist(),
-            volume_ml=len(idx) * voxel_ml,
+            volume_ml=count * voxel_ml,
             centroid_mm=centroid_mm.tolist(),
         )
         legs.append(info)
