@@ -9,7 +9,6 @@ import socket
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="Gradio not installed: pip install 'muscle_pipeline[photo]' to test the demo app")
@@ -17,8 +16,8 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client not i
 
 from muscle_pipeline.photo.app import build_app  # noqa: E402
 from muscle_pipeline.photo.infer import PhotoSegmenter, overlay  # noqa: E402
-from muscle_pipeline.photo.network import build_network, save_checkpoint  # noqa: E402
 from muscle_pipeline.photo.synthetic import make_photo  # noqa: E402
+from photo_models import untrained_checkpoint  # noqa: E402
 
 
 def _free_port() -> int:
@@ -29,11 +28,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    torch.manual_seed(0)
-    network = build_network()
-    with torch.no_grad():
-        network.segmentation_head[0].bias.copy_(torch.tensor([0.0, 0.02, 0.01, 0.03]))
-    model = save_checkpoint(network, tmp_path_factory.mktemp("model") / "model.pt", image_size=64)
+    model = untrained_checkpoint(tmp_path_factory.mktemp("model"))
     segmenter = PhotoSegmenter(model)
     app = build_app(segmenter=segmenter)
     port = _free_port()

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from muscle_pipeline.cli import main
 from muscle_pipeline.errors import InputError
 from muscle_pipeline.photo import CLASS_COLOURS
 from muscle_pipeline.photo.infer import PhotoSegmenter, overlay, segment_images
-from muscle_pipeline.photo.network import build_network, save_checkpoint
 from muscle_pipeline.photo.synthetic import make_photo
+from photo_models import untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "gym_photo"
@@ -28,12 +27,7 @@ BUNDLE = REPO / "bundles" / "gym_photo"
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    network = build_network()
-    # Bias the output so that an untrained model still paints every class somewhere.
-    with torch.no_grad():
-        network.segmentation_head[0].bias.copy_(torch.tensor([0.0, 0.02, 0.01, 0.03]))
-    return save_checkpoint(network, tmp_path_factory.mktemp("model") / "model.pt", image_size=64)
+    return untrained_checkpoint(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
