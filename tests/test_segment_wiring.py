@@ -57,3 +57,21 @@ def test_left_leg_gets_left_values_in_any_orientation(orientation):
     truth_right_x = _world_x(truth, affine, ontology.value_of("tibia_right"))
     midline = (truth_left_x.mean() + truth_right_x.mean()) / 2
     assert left_x.max() < midline < right_x.min()
+
+
+def test_memory_budget_option_reaches_the_model(monkeypatch, tmp_path):
+    """``muscle-pipeline segment --memory-budget-mb`` sets the loaded model's fusion budget."""
+    import nibabel as nib
+
+    from muscle_pipeline import api
+    from muscle_pipeline.cli import main
+
+    ph = make_phantom(region="calf", modality="mr", shape=(72, 48, 12), seed=3)
+    path = tmp_path / "calf.nii.gz"
+    nib.save(nib.Nifti1Image(ph.image.numpy(), ph.image.affine.numpy()), path)
+    model = BodyModel()
+    model.memory_budget_mb = 512.0
+    monkeypatch.setattr(api, "load_model", lambda name, device="cpu": model)
+    assert main(["segment", str(path), "-o", str(tmp_path / "out"), "--memory-budget-mb", "64", "--quiet"]) == 0
+    assert model.memory_budget_mb == 64.0
+    assert len(model.seen_world_x) == 2  # both legs went through the model
