@@ -235,8 +235,7 @@ def _check_nifti_file(path: Path):
         raise CorruptFileError(path, "truncated gzip file (the compressed stream ends early)") from None
     except (gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise CorruptFileError(path, f"corrupt gzip file ({exc})") from None
-    _check_finite(voxels, path)
-    return header, voxels
+    return header, voxels  # NaN/inf are checked once, on the float32 array, by _finish
 
 
 def _parse_nifti_header(path: Path, stream):
