@@ -131,9 +131,10 @@ def body_threshold(array: np.ndarray) -> float:
     # threshold_otsu(np.log1p(array - lo)) without two full-size float copies (2.5 GB on a
     # 512x512x1200 CT).
     counts = np.zeros(256, np.int64)
-    flat = array.reshape(-1) if array.flags.c_contiguous else np.ravel(array)
-    for start in range(0, flat.size, 1 << 24):
-        chunk = np.log1p(flat[start:start + (1 << 24)] - np.float32(lo))
+    # slabs along the last axis: no flattening, which would copy a non-contiguous view (leg crops)
+    step = max(1, (1 << 24) // max(1, array.size // array.shape[-1]))
+    for start in range(0, array.shape[-1], step):
+        chunk = np.log1p(array[..., start:start + step] - np.float32(lo))
         counts += np.histogram(chunk, bins=256, range=(0.0, top))[0]
     edges = np.linspace(0.0, top, 257)
     centres = (edges[:-1] + edges[1:]) / 2
