@@ -131,7 +131,10 @@ def save_qc_png(
                    facecolor="black", labelcolor="white", frameon=False)
     if title:
         fig.suptitle(title, color="white", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * int(np.ceil(len(handles) / 4)), 1, 0.97))
+    # fixed margins instead of tight_layout: the layout engine measured every title and tick box
+    # and took half of the picture's ~0.7 s
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95 if title else 0.97,
+                        bottom=0.04 + 0.02 * int(np.ceil(len(handles) / 4)), wspace=0.04, hspace=0.12)
     path = Path(path)
     fig.savefig(path, dpi=90, facecolor="black")
     plt.close(fig)

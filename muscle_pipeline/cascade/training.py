@@ -348,7 +348,7 @@ class CascadeTrainer:
             loss.backward()
             opt.step()
             sched.step()
-            running.append(float(loss))
+            running.append(float(loss.detach()))
             if (it + 1) % 50 == 0 or it + 1 == iterations:
                 log.info("%s: iteration %d/%d loss %.4f (%.0f s)", what, it + 1, iterations,
                          float(np.mean(running[-50:])), time.time() - t0)
