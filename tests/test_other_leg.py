@@ -13,7 +13,7 @@ from muscle_pipeline.synthetic.other_leg import as_opposite_half, label_overlap,
 
 # Measured with the shipped calf_mri on this leg (seed 0, flipped into the left half): see
 # bundles/calf_mri/docs/README.md; the floor is a regression guard below it.
-CALF_OTHER_LEG_FLOOR = 0.84
+CALF_OTHER_LEG_FLOOR = 0.87
 
 
 @pytest.fixture(scope="module")
@@ -87,4 +87,4 @@ def test_shipped_calf_on_a_simulated_other_leg_names_it_left(calf, tmp_path):
     assert not ((pred > 0) & (pred < ontology.LEFT_OFFSET)).any()  # nothing called right
     scores = {v: float(dice(pred, lab, v)) for v in values}
     assert np.mean(list(scores.values())) >= CALF_OTHER_LEG_FLOOR, scores
-    assert min(scores.values()) > 0.6, scores
+    assert min(scores.values()) > 0.75, scores
