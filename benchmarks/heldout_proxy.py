@@ -55,9 +55,11 @@ FULL_SCAN_WIDTH, FIRST_INDEX = 160, 80
 
 
 def dice_table(pred: np.ndarray, truth: np.ndarray, values: dict[str, int]) -> dict[str, float]:
-    from muscle_pipeline.metrics import dice
+    """Dice per structure name (``values``: name → label value)."""
+    from muscle_pipeline.synthetic.other_leg import label_overlap
 
-    return {m: float(dice(pred == v, truth == v)) for m, v in values.items()}
+    by_value = label_overlap(pred, truth, values.values())
+    return {m: by_value[int(v)] for m, v in values.items()}
 
 
 def run(cases: int, seed: int, threads: int, model: str, nnunet: bool) -> dict:
