@@ -86,8 +86,8 @@ def as_opposite_half(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, 
     ``image``/``labels`` are the crop ``[first_index : first_index + width]`` (array axis 0) of a
     scan ``full_width`` voxels wide, with right-side label values if the crop holds the right leg.
     The flip is about the scan's centre, so the leg lands where the opposite leg would lie, and its
-    affine is the one the opposite crop of that scan would have. Right values become left (+100)
-    and left values right.
+    affine is the one the opposite crop of that scan would have. Right values become left (+100),
+    left values right, unsided ones stay (``labels.swap_sides_lut``).
 
     Returns:
         (image, labels, affine) of the opposite half.
@@ -97,9 +97,7 @@ def as_opposite_half(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, 
     opposite_first = full_width - first_index - width
     out_affine = affine.copy()
     out_affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * (opposite_first - first_index)
-    lab = np.asarray(labels)
-    swapped = np.where(lab > ontology.LEFT_OFFSET, lab - ontology.LEFT_OFFSET,
-                       np.where(lab > 0, lab + ontology.LEFT_OFFSET, 0)).astype(np.uint8)
+    swapped = ontology.swap_sides_lut()[np.asarray(labels)].astype(np.uint8)
     return (np.ascontiguousarray(np.asarray(image)[::-1]), np.ascontiguousarray(swapped[::-1]), out_affine)
 
 
