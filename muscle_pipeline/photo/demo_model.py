@@ -13,6 +13,9 @@
    ``--photos`` freshly drawn photos (seed ``--score_seed``, never used for training), and its
    CPU time per photo.
 
+5. ``OUT/examples.png``: the first 8 of those photos, their drawn truth and the packed model's
+   answer (the picture in the bundle's ``docs/``).
+
 ``--install`` copies ``OUT/model.pt`` to ``bundles/gym_photo/models/model.pt``.
 """
 from __future__ import annotations
@@ -72,6 +75,28 @@ def pack(checkpoint: Path, path: Path, bits: int = 8) -> Path:
     return save_quantized(state, path, meta["image_size"], meta["network"], bits=bits, extra_meta=extra)
 
 
+def draw_examples(model: Path, path: Path, photos: int = 8, seed: int = 1000) -> Path:
+    """A picture of the first ``photos`` 256x256 photos of ``seed`` (those ``measure`` scores
+    first): photo, drawn truth and the model's answer in three rows (red biceps, blue triceps,
+    green calf), each column scaled to 160x480."""
+    import numpy as np
+    from PIL import Image
+
+    from muscle_pipeline.photo.infer import PhotoSegmenter, overlay
+    from muscle_pipeline.photo.synthetic import make_photo
+
+    segmenter = PhotoSegmenter(model)
+    rng = np.random.default_rng(seed)
+    columns = []
+    for _ in range(photos):
+        image, truth = make_photo(rng, (256, 256))
+        answer = segmenter.predict(image)
+        column = np.concatenate([image, overlay(image, truth, legend=False), overlay(image, answer, legend=False)], 0)
+        columns.append(np.asarray(Image.fromarray(column).resize((160, 480), Image.LANCZOS)))
+    Image.fromarray(np.concatenate(columns, 1)).save(path, optimize=True)
+    return path
+
+
 def measure(model: Path, photos: int = 100, seed: int = 1000) -> dict:
     """Scores on fresh synthetic photos, file size and CPU seconds per 256x256 photo."""
     import numpy as np
@@ -118,6 +143,7 @@ def _main(argv: list[str] | None = None) -> int:
     packed = pack(fp32, args.out / "model.pt")
     result = measure(packed, args.photos, args.score_seed)
     (args.out / "scores.json").write_text(json.dumps(result, indent=1))
+    draw_examples(packed, args.out / "examples.png", seed=args.score_seed)
     print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=1))
     if args.install:
         default_model_path().parent.mkdir(parents=True, exist_ok=True)
@@ -128,4 +154,4 @@ def _main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(_main())
 
-__all__ = ["DEMO_OVERRIDES", "train_demo", "pack", "measure"]
+__all__ = ["DEMO_OVERRIDES", "train_demo", "pack", "measure", "draw_examples"]
