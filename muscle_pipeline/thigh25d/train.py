@@ -187,27 +187,15 @@ def train_slices(cases: Sequence[Mapping], view: str, n_classes: int, offsets: S
     net = simple_unet2d(n_classes, in_channels=len(offsets), channels=channels)
     if initial_state is not None:  # fine-tuning (e.g. from weights trained on fewer cases)
         net.load_state_dict(initial_state)
-    net = net.to(device)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = _dice_loss()
-    net.train()
-    losses, start = [], time.perf_counter()
-    for step in range(iterations):
-        batch = [transform({"image": samples[i][0], "label": samples[i][1]})[0]
-                 for i in _pick(rng, foreground, batch_size, foreground_fraction)]
-        images = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
-        labels = torch.stack([torch.as_tensor(b["label"]) for b in batch]).float().to(device)
-        optimiser.zero_grad()
-        loss = loss_fn(net(images), labels)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        if (step + 1) % 50 == 0:
-            log.info("%s view: step %d/%d, Dice loss %.3f", view, step + 1, iterations, np.mean(losses[-50:]))
-    net.eval().cpu()
+
+    def draw_batch() -> list[dict]:
+        return [transform({"image": samples[i][0], "label": samples[i][1]})[0]
+                for i in _pick(rng, foreground, batch_size, foreground_fraction)]
+
+    final_loss, seconds = _optimise(net, draw_batch, iterations, lr, device, f"{view} view")
     return net, {"view": view, "iterations": iterations, "batch_size": batch_size, "lr": lr,
                  "in_channels": len(offsets), "n_slices": len(samples), "slice_size": size,
-                 "final_loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - start}
+                 "final_loss": final_loss, "seconds": seconds}
 
 
 def train_volume(cases: Sequence[Mapping], n_classes: int, iterations: int = 60, batch_size: int = 2,
@@ -226,16 +214,30 @@ def train_volume(cases: Sequence[Mapping], n_classes: int, iterations: int = 60,
     net = baseline_unet3d(n_classes, channels=channels)
     if initial_state is not None:
         net.load_state_dict(initial_state)
-    net = net.to(device)
+
+    def draw_batch() -> list[dict]:
+        batch = []
+        for i in rng.integers(0, len(cases), batch_size):
+            sample = transform({"image": cases[i]["image"], "label": cases[i]["label"]})[0]
+            batch.append(affine(sample) if augment else sample)
+        return batch
+
+    final_loss, seconds = _optimise(net, draw_batch, iterations, lr, device, "3D")
+    return net, {"iterations": iterations, "batch_size": batch_size, "patch_size": list(patch_size), "lr": lr,
+                 "final_loss": final_loss, "seconds": seconds}
+
+
+def _optimise(net: torch.nn.Module, draw_batch, iterations: int, lr: float, device, name: str) -> tuple[float, float]:
+    """Adam on the soft Dice loss for ``iterations`` batches of ``draw_batch()`` (dicts of a channel-first
+    ``image`` and a ``(1, *spatial)`` class-index ``label``); leaves ``net`` in eval mode on the CPU.
+    Returns the mean loss of the last 20 steps and the seconds taken."""
+    net.to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = _dice_loss()
     net.train()
     losses, start = [], time.perf_counter()
     for step in range(iterations):
-        batch = []
-        for i in rng.integers(0, len(cases), batch_size):
-            sample = transform({"image": cases[i]["image"], "label": cases[i]["label"]})[0]
-            batch.append(affine(sample) if augment else sample)
+        batch = draw_batch()
         images = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
         labels = torch.stack([torch.as_tensor(b["label"]) for b in batch]).float().to(device)
         optimiser.zero_grad()
@@ -244,10 +246,9 @@ def train_volume(cases: Sequence[Mapping], n_classes: int, iterations: int = 60,
         optimiser.step()
         losses.append(float(loss.detach()))
         if (step + 1) % 50 == 0:
-            log.info("3D: step %d/%d, Dice loss %.3f", step + 1, iterations, np.mean(losses[-50:]))
+            log.info("%s: step %d/%d, Dice loss %.3f", name, step + 1, iterations, np.mean(losses[-50:]))
     net.eval().cpu()
-    return net, {"iterations": iterations, "batch_size": batch_size, "patch_size": list(patch_size), "lr": lr,
-                 "final_loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - start}
+    return float(np.mean(losses[-20:])), time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------------------
