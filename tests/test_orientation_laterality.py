@@ -37,8 +37,12 @@ def real_calf(shared_data):
 
 @pytest.fixture(scope="module")
 def phantom_calf():
+    """The calf phantom's 6 middle slices (16 cm of both calves at 4.5 x 4.5 x 26.7 mm): the whole
+    32 cm phantom costs 3x the CPU per segmentation and tests nothing more."""
     ph = make_phantom(region="calf", modality="mr", shape=(64, 40, 12), seed=5)
-    return (ph.image.numpy() * 400).round().astype(np.int16), ph.image.affine.numpy()
+    affine = ph.image.affine.numpy().copy()
+    affine[:3, 3] += 3 * affine[:3, 2]  # origin of slice 3
+    return (ph.image.numpy()[..., 3:9] * 400).round().astype(np.int16), affine
 
 
 def _left_right_ok(labels_ras: np.ndarray, affine_ras: np.ndarray) -> tuple[float, float]:
