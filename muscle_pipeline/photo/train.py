@@ -62,7 +62,7 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
     if val:
         ax_loss.plot(*zip(*val), "s-", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax_loss.set(xlabel="epoch", ylabel="the configured loss", title="Loss")
     ax_loss.legend()
     scored = [h for h in history if h.get("val_miou") is not None]
     if scored:
