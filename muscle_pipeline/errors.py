@@ -44,3 +44,8 @@ class NoCasesFoundError(InputError):
 
 class ModelError(MusclePipelineError):
     """A model bundle or its weights are missing or inconsistent."""
+
+
+class CaseRejected(InputError):
+    """The scan reads fine but no chosen model fits it (wrong modality, no lower limb, a region
+    the model does not cover). The case is not segmented: status ``rejected``, with this reason."""
