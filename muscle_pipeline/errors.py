@@ -49,3 +49,17 @@ class ModelError(MusclePipelineError):
 class CaseRejected(InputError):
     """The scan reads fine but no chosen model fits it (wrong modality, no lower limb, a region
     the model does not cover). The case is not segmented: status ``rejected``, with this reason."""
+
+
+class OutputError(MusclePipelineError):
+    """The output folder or a file in it cannot be written (not a folder, read-only, disk full).
+    ``path`` names it; the message says why."""
+
+    def __init__(self, path: str | Path | None, reason: str):
+        self.path = None if path is None else Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+class UsageError(MusclePipelineError, ValueError):
+    """A command-line option or API argument has an invalid value (e.g. ``--shard 0/2``)."""

@@ -49,14 +49,14 @@ def test_batch_goes_on_after_a_bad_case_and_reports_it(cohort, tmp_path):
     cases = discover(cohort)
     report = run_batch(cases, out, body_mask_case, load=read_image, progress=False)
     status = {r.case_id: r.status for r in report.results}
-    assert status.pop("truncated") == "failed"
+    assert status.pop("b_truncated") == "failed"
     assert set(status.values()) == {"complete"} and len(status) == 2
     assert report.exit_code == 1
     failed = report.failed[0]
     assert "truncated.nii.gz" in failed.reason  # one clear line naming the file
-    assert not (out / "truncated").exists() and not list(out.glob(".tmp-truncated-*"))
+    assert not (out / "b_truncated").exists() and not list(out.glob(".tmp-b_truncated-*"))
     rows = list(csv.DictReader((out / "batch_report.csv").open()))
-    assert {r["case_id"]: r["status"] for r in rows}["truncated"] == "failed"
+    assert {r["case_id"]: r["status"] for r in rows}["b_truncated"] == "failed"
     assert json.loads((out / "batch_report.json").read_text())["cases"]
     cohort_rows = list(csv.DictReader((out / "cohort_volumes.csv").open()))
     assert sorted(r["case_id"] for r in cohort_rows) == sorted(status)
@@ -65,28 +65,28 @@ def test_batch_goes_on_after_a_bad_case_and_reports_it(cohort, tmp_path):
 
 def test_batch_resumes_and_overwrites(cohort, tmp_path):
     out = tmp_path / "out"
-    cases = [c for c in discover(cohort) if c.case_id != "truncated"]
+    cases = [c for c in discover(cohort) if c.case_id != "b_truncated"]
     first = run_batch(cases, out, body_mask_case, load=read_image, progress=False)
     assert {r.status for r in first.results} == {"complete"}
-    stamp = (out / "calf_half" / "report.json").stat().st_mtime_ns
+    stamp = (out / "a_calf_half" / "report.json").stat().st_mtime_ns
     again = run_batch(cases, out, body_mask_case, load=read_image, progress=False)
     assert {r.status for r in again.results} == {"skipped"} and again.exit_code == 0
-    assert (out / "calf_half" / "report.json").stat().st_mtime_ns == stamp
+    assert (out / "a_calf_half" / "report.json").stat().st_mtime_ns == stamp
     redo = run_batch(cases, out, body_mask_case, load=read_image, overwrite=True, progress=False)
     assert {r.status for r in redo.results} == {"complete"}
-    assert (out / "calf_half" / "report.json").stat().st_mtime_ns != stamp
+    assert (out / "a_calf_half" / "report.json").stat().st_mtime_ns != stamp
 
 
 def test_a_half_written_case_is_redone(cohort, tmp_path):
     out = tmp_path / "out"
-    cases = [c for c in discover(cohort) if c.case_id == "calf_half"]
+    cases = [c for c in discover(cohort) if c.case_id == "a_calf_half"]
     # What a killed job leaves: a temporary folder, and a case folder without a complete report.
-    (out / ".tmp-calf_half-dead0000").mkdir(parents=True)
-    (out / ".tmp-calf_half-dead0000" / "segmentation.nii.gz").write_bytes(b"partial")
+    (out / ".tmp-a_calf_half-dead0000").mkdir(parents=True)
+    (out / ".tmp-a_calf_half-dead0000" / "segmentation.nii.gz").write_bytes(b"partial")
     report = run_batch(cases, out, body_mask_case, load=read_image, progress=False)
     assert report.results[0].status == "complete"
-    assert not list(out.glob(".tmp-calf_half-*"))
-    assert outputs.is_complete(out, "calf_half")
+    assert not list(out.glob(".tmp-a_calf_half-*"))
+    assert outputs.is_complete(out, "a_calf_half")
 
 
 def test_shards_partition_a_cohort_without_overlap(cohort, tmp_path):
@@ -101,7 +101,7 @@ def test_shards_partition_a_cohort_without_overlap(cohort, tmp_path):
     for bad in ("0/3", "4/3", "x", "1-3"):
         with pytest.raises(ValueError):
             parse_shard(bad)
-    cases = [c for c in discover(cohort) if c.case_id != "truncated"]
+    cases = [c for c in discover(cohort) if c.case_id != "b_truncated"]
     done = []
     for i in (1, 2):
         rep = run_batch(cases, tmp_path / "out", body_mask_case, load=read_image, shard=(i, 2), progress=False)
@@ -111,8 +111,8 @@ def test_shards_partition_a_cohort_without_overlap(cohort, tmp_path):
 
 def test_a_case_locked_by_another_job_is_left_alone(cohort, tmp_path):
     out = tmp_path / "out"
-    cases = [c for c in discover(cohort) if c.case_id == "calf_half"]
-    with outputs.case_lock(out, "calf_half"):
+    cases = [c for c in discover(cohort) if c.case_id == "a_calf_half"]
+    with outputs.case_lock(out, "a_calf_half"):
         report = run_batch(cases, out, body_mask_case, load=read_image, progress=False)
     assert report.results[0].status == "locked" and report.exit_code == 3
-    assert not (out / "calf_half").exists()
+    assert not (out / "a_calf_half").exists()

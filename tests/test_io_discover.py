@@ -49,12 +49,15 @@ def test_every_real_scan_is_found_once(shared_data):
     cases = discover(shared_data, skipped)
 
     nifti = sorted(shared_data.rglob("*.nii.gz"))
-    assert len(nifti) == 22
+    assert len(nifti) >= 22  # the shared data set grows now and then
     assert len(cases) == len(nifti) + 1  # + the DICOM series
     assert {c.paths[0] for c in cases if c.format == "nifti"} == set(nifti)
     assert len({c.case_id for c in cases}) == len(cases)
     assert [c.case_id for c in cases] == sorted(c.case_id for c in cases)
-    assert {c.case_id for c in cases if c.format == "nifti"} >= {"example_ct", "Join_1", "Join_7", "image", "image_dseg"}
+    # Ids are the paths relative to the input folder: readable, and independent of other files.
+    assert {c.case_id for c in cases if c.format == "nifti"} >= {
+        "totalsegmentator_ct_abdomen_pelvis_example_ct", "qmritools_wholeleg_stations_unlabeled_Join_1",
+        "musclemap_lumbar_mr_labeled_image", "musclemap_lumbar_mr_labeled_image_dseg"}
 
     (dicom,) = [c for c in cases if c.format == "dicom"]
     assert len(dicom.paths) == 20
@@ -110,8 +113,8 @@ def test_mixed_tree_returns_every_good_case_and_notes_the_bad_files(shared_data,
 
     assert {(c.case_id, c.format) for c in cases} == {
         ("mr", "nifti"),
-        ("mr_nrrd", "nrrd"),
-        ("mr_meta", "mha"),
+        ("converted_mr_nrrd", "nrrd"),
+        ("converted_mr_meta", "mha"),
         (discover(shared_data / DICOM_SERIES)[0].case_id, "dicom"),
     }
     (dicom,) = [c for c in cases if c.format == "dicom"]
