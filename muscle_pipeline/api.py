@@ -147,7 +147,7 @@ def segment(
     overrides a cascade bundle's fusion working-memory budget (see docs/benchmarks.md).
     """
     skipped: list = []
-    cases = discover(inputs, skipped=skipped)
+    cases = discover(inputs, skipped=skipped, exclude=[output_dir])  # never read our own output back
     if not cases:
         first = inputs if isinstance(inputs, (str, Path)) else next(iter(inputs), None)
         raise NoCasesFoundError(first, "no readable scan found" + (f" ({len(skipped)} files skipped)" if skipped else ""))
@@ -161,7 +161,7 @@ def segment(
         return segment_case_to_folder(case, image, folder, stage, net, model_name, side=side, dicom_seg=dicom_seg)
 
     report: BatchReport = run_batch(cases, output_dir, process, load=read_image, overwrite=overwrite,
-                                    shard=shard_t, progress=progress)
+                                    shard=shard_t, progress=progress, skipped=skipped)
     return report.results
 
 
