@@ -17,15 +17,17 @@ import numpy as np
 from muscle_pipeline import __version__
 from muscle_pipeline import labels as ontology
 from muscle_pipeline.batch import BatchReport, CaseResult, parse_shard, run_batch
-from muscle_pipeline.errors import ModelError, NoCasesFoundError
+from muscle_pipeline import routing
+from muscle_pipeline.errors import CaseRejected, ModelError, NoCasesFoundError
 from muscle_pipeline.io import discover, ordered_series_files, read_image, write_label_map
 from muscle_pipeline.outputs import REPORT_NAME, write_json
 from muscle_pipeline.profiling import stage as profiled
 from muscle_pipeline.qc import save_qc_png
-from muscle_pipeline.quantify import measure_volumes, write_volumes_csv
+from muscle_pipeline.recognition import recognize_scan
+from muscle_pipeline.quantify import implausible_volumes, measure_volumes, write_volumes_csv
 from muscle_pipeline.segmentation import segment_image
 
-MODELS = ("calf_mri", "hip_ct", "thigh_ct_25d")
+MODELS = ("auto", "calf_mri", "hip_ct", "thigh_ct_25d", "lower_limb_35")
 DEFAULT_LOADER = "muscle_pipeline.cascade:load_cascade"
 
 
@@ -74,17 +76,23 @@ def _versions() -> dict:
 
 
 def segment_case_to_folder(case, image, folder: Path, stage, model, model_name: str, side: str | None = None,
-                           dicom_seg: bool = True) -> dict:
+                           dicom_seg: bool = True, recognition=None, provenance: dict | None = None,
+                           warnings: list[str] | None = None) -> dict:
     """Segment one read case and write its output folder's files into ``folder``.
 
-    ``report.json`` is written last with ``status: complete``; the caller publishes the folder.
+    ``recognition``: what the scan was recognised as (:class:`~muscle_pipeline.recognition.ScanRecognition`),
+    stored in the report and drawn on the QC picture; ``provenance``: the model's path and weights
+    hash; ``warnings``: found before segmenting (reading, routing). ``report.json`` is written last
+    with ``status: complete``; the caller publishes the folder.
     """
     t_start = time.perf_counter()
     result = segment_image(image, model, side=side, stage=stage)
+    result.warnings[:0] = list(warnings or [])
     stage("write")
     t0 = time.perf_counter()
     with profiled("write"):
-        report = _write_case_outputs(case, image, folder, model, model_name, result, dicom_seg)
+        report = _write_case_outputs(case, image, folder, model, model_name, result, dicom_seg, recognition)
+    report.update(provenance or {})
     result.timings["write"] = time.perf_counter() - t0
     result.timings["total"] = time.perf_counter() - t_start
     report["timings_s"] = {k: round(v, 3) for k, v in result.timings.items()}
@@ -92,7 +100,8 @@ def segment_case_to_folder(case, image, folder: Path, stage, model, model_name: 
     return report
 
 
-def _write_case_outputs(case, image, folder: Path, model, model_name: str, result, dicom_seg: bool) -> dict:
+def _write_case_outputs(case, image, folder: Path, model, model_name: str, result, dicom_seg: bool,
+                        recognition=None) -> dict:
     """Every file of the case folder except report.json; returns the report (without timings)."""
     label_array = result.labels.numpy().astype(np.uint8)
     affine = np.asarray(image.affine, dtype=float)
@@ -100,11 +109,14 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
     ontology.write_label_tables(folder, values=_model_values(model))
     volumes = measure_volumes(label_array, affine)
     write_volumes_csv(volumes, folder / "volumes.csv")
-    save_qc_png(image.numpy(), label_array, affine, folder / "qc.png", title=f"{case.case_id} ({model_name})")
+    title = f"{case.case_id} ({model_name})" + (f" · {recognition.summary()}" if recognition is not None else "")
+    save_qc_png(image.numpy(), label_array, affine, folder / "qc.png", title=title,
+                slice_regions=recognition.per_slice if recognition is not None else None)
     warnings = list(result.warnings)
     cut = [v.name for v in volumes if v.touches_border]
     if cut:
         warnings.append("cut by the field of view (volume is a lower bound): " + ", ".join(cut))
+    warnings += implausible_volumes(volumes)
     if dicom_seg and case.format == "dicom":
         from muscle_pipeline.io.dicom_seg import write_dicom_seg
 
@@ -118,6 +130,9 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
         "versions": _versions(),
         "input": {"shape": list(label_array.shape), "affine": affine.round(6).tolist(),
                   "modality": image.meta.get("modality")},
+        "recognition": recognition.as_dict() if recognition is not None else None,
+        # files skipped beside this case's own (a DICOM folder's non-image files, say)
+        "skipped_files": [str(s) for s in getattr(case, "skipped_beside", ()) or ()],
         "legs": result.legs,
         "timings_s": {},
         "warnings": warnings,
@@ -128,7 +143,7 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
 def segment(
     inputs: str | Path | Iterable[str | Path],
     output_dir: str | Path,
-    model: str | Path = "calf_mri",
+    model: str | Path = "auto",
     device: str = "cpu",
     overwrite: bool = False,
     shard: str | tuple[int, int] | None = None,
@@ -136,6 +151,7 @@ def segment(
     dicom_seg: bool = True,
     progress: bool = True,
     memory_budget_mb: float | None = None,
+    force: bool = False,
 ) -> list[CaseResult]:
     """Segment every case found in ``inputs`` (files or folders, searched recursively) and write
     one output folder per case under ``output_dir`` (see docs/outputs.md).
@@ -145,6 +161,12 @@ def segment(
     one :class:`CaseResult` per case of the shard (``status`` complete/skipped/failed/locked;
     ``details`` holds the case's report, with volumes in mL and warnings). ``memory_budget_mb``
     overrides a cascade bundle's fusion working-memory budget (see docs/benchmarks.md).
+
+    Each case is recognised first (modality, region per slice, legs: :mod:`muscle_pipeline.recognition`).
+    ``model="auto"`` picks the shipped model that covers it; a named model (or a bundle path) is
+    checked against it. A case no model fits, or one without orientation in its header, is
+    ``rejected`` with a one-line reason and not segmented; ``force=True`` segments it anyway
+    (the reason becomes a warning).
     """
     skipped: list = []
     cases = discover(inputs, skipped=skipped, exclude=[output_dir])  # never read our own output back
@@ -152,17 +174,67 @@ def segment(
         first = inputs if isinstance(inputs, (str, Path)) else next(iter(inputs), None)
         raise NoCasesFoundError(first, "no readable scan found" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
-    net = load_model(model, device=device)
-    if memory_budget_mb is not None and hasattr(net, "memory_budget_mb"):
-        net.memory_budget_mb = float(memory_budget_mb)
-    model_name = Path(str(model)).name
+    models = ModelPicker(model, device=device, memory_budget_mb=memory_budget_mb, force=force)
 
     def process(case, image, folder, stage):
-        return segment_case_to_folder(case, image, folder, stage, net, model_name, side=side, dicom_seg=dicom_seg)
+        stage("recognise")
+        recognition = recognize_scan(image, dicom_modality=case.modality)
+        name, net, provenance, warnings = models.pick(case, image, recognition)
+        return segment_case_to_folder(case, image, folder, stage, net, name, side=side, dicom_seg=dicom_seg,
+                                      recognition=recognition, provenance=provenance, warnings=warnings)
 
     report: BatchReport = run_batch(cases, output_dir, process, load=read_image, overwrite=overwrite,
                                     shard=shard_t, progress=progress, skipped=skipped)
     return report.results
+
+
+class ModelPicker:
+    """The model for each case: ``"auto"`` routes by the case's recognition, a name or a path is
+    checked against it (:mod:`muscle_pipeline.routing`). Models are loaded once, on first use, and
+    a named model is loaded before any case so that a missing bundle fails the job at once."""
+
+    def __init__(self, model: str | Path = "auto", device: str = "cpu", memory_budget_mb: float | None = None,
+                 force: bool = False):
+        self.requested, self.device, self.memory_budget_mb, self.force = model, device, memory_budget_mb, force
+        self._loaded: dict[Path, tuple] = {}
+        self.fixed = None if str(model) == routing.AUTO else routing.resolve_bundle(model)
+        if self.fixed is not None:
+            self._load(self.fixed)
+
+    def _load(self, root: Path) -> tuple:
+        if root not in self._loaded:
+            net = load_model(root, device=self.device)
+            if self.memory_budget_mb is not None and hasattr(net, "memory_budget_mb"):
+                net.memory_budget_mb = float(self.memory_budget_mb)
+            provenance = {"model_path": str(root), "model_weights_sha256": routing.weights_sha256(root)}
+            self._loaded[root] = (net, provenance)
+        return self._loaded[root]
+
+    def pick(self, case, image, recognition) -> tuple[str, object, dict, list[str]]:
+        """(model name, loaded model, provenance for report.json, warnings); raises CaseRejected."""
+        source = case.source
+        warnings = list(image.meta.get("read_warnings") or [])
+        problems = []
+        if image.meta.get("orientation_problem") == "missing":
+            problems.append("no orientation in the header (NIfTI qform and sform codes 0): left and right cannot "
+                            "be told")
+        if self.fixed is None:
+            try:
+                coverage, fit_warnings = routing.choose(recognition)
+            except CaseRejected as exc:
+                raise CaseRejected(source, exc.reason) from None
+            root = coverage.root
+        else:
+            root = self.fixed
+            coverage = routing.coverage_of(root)
+            reason, fit_warnings = routing.fit(recognition, coverage) if coverage is not None else (None, [])
+            if reason is not None:
+                problems.append(reason)
+        if problems and not self.force:
+            raise CaseRejected(source, "; ".join(problems) + " (--force segments it anyway)")
+        warnings += [f"forced: {p}" for p in problems] + fit_warnings
+        net, provenance = self._load(root)
+        return root.name, net, provenance, warnings
 
 
 def batch_exit_code(results: list[CaseResult]) -> int:

@@ -24,6 +24,16 @@ def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return ras, spacing
 
 
+def _regions_on_ras_z(per_slice: list, affine: np.ndarray) -> dict[int, str]:
+    """{RAS z index: region} from regions listed along the array axis nearest world z."""
+    import nibabel.orientations as nio
+
+    ornt = nio.io_orientation(np.asarray(affine, float))
+    axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])  # the array axis that becomes RAS z
+    n = len(per_slice)
+    return {(k if ornt[axis, 1] > 0 else n - 1 - k): r for k, r in enumerate(per_slice) if r}
+
+
 def _colour_lut(values: np.ndarray) -> dict[int, tuple[float, float, float]]:
     lut = {}
     for v in values.tolist():
@@ -51,11 +61,14 @@ def save_qc_png(
     n_axial: int = 8,
     alpha: float = 0.45,
     title: str | None = None,
+    slice_regions: list | None = None,
 ) -> Path:
     """Write a montage PNG of ``image`` (X, Y, Z) with ``label_map`` (same grid) overlaid.
 
     ``n_axial`` axial slices evenly spread over the labelled superior–inferior range, plus one
     coronal slice through the labels' centre, and a legend naming every structure present.
+    ``slice_regions``: the recognised region of each slice along the array axis nearest world z
+    (:class:`muscle_pipeline.recognition.ScanRecognition.per_slice`), shown on each axial tile.
     """
     import matplotlib
 
@@ -66,6 +79,7 @@ def save_qc_png(
     # Views only (no full-volume copies): a 512x512x1200 scan must not double in memory here.
     img, spacing = _to_ras(np.asarray(image), affine)
     lab, _ = _to_ras(np.asarray(label_map), affine)
+    region_at = _regions_on_ras_z(slice_regions, affine) if slice_regions is not None else {}
     z_step = max(1, img.shape[2] // 48)  # window and body box from <= ~48 slices
     sample = np.asarray(img[::2, ::2, ::z_step], dtype=np.float32)
     finite = sample[np.isfinite(sample)]
@@ -107,7 +121,8 @@ def save_qc_png(
         # the viewer's left: radiological convention).
         rgb = _overlay(gray((xs, ys, z)), np.asarray(lab[:, :, z]), lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
         ax.imshow(rgb, aspect=spacing[1] / spacing[0], interpolation="nearest")
-        ax.set_title(f"axial z={z}", color="white", fontsize=8)
+        region = region_at.get(int(z))
+        ax.set_title(f"axial z={z}" + (f" · {region}" if region else ""), color="white", fontsize=8)
         ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
         ax.text(0.93, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
         ax.axis("off")

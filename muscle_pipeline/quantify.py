@@ -7,6 +7,8 @@ instead of silently reporting a cut muscle as complete.
 from __future__ import annotations
 
 import csv
+import functools
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,3 +90,31 @@ def write_volumes_csv(volumes: list[StructureVolume], path: str | Path) -> Path:
             cx, cy, cz = row.pop("centroid_ras_mm")
             writer.writerow([row[c] for c in VOLUME_COLUMNS[:8]] + [cx, cy, cz])
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def anatomical_volume_ranges() -> dict[str, dict]:
+    """{structure name: {"low_ml", "high_ml", "atlas_ml"}} for one muscle of one leg, measured on
+    the Visible Human atlas by ``benchmarks/anatomical_volume_ranges.py``."""
+    table = Path(__file__).resolve().parent / "datasets" / "muscle_volume_ranges.json"
+    return json.loads(table.read_text())["structures"]
+
+
+def implausible_volumes(volumes: list[StructureVolume]) -> list[str]:
+    """One warning per muscle whose volume is far outside the anatomical range: above the high
+    bound, or below the low bound while wholly inside the field of view (a cut muscle is only
+    a lower bound of itself)."""
+    ranges = anatomical_volume_ranges()
+    warnings = []
+    for v in volumes:
+        base = v.name.removesuffix("_right").removesuffix("_left")
+        bounds = ranges.get(base)
+        if bounds is None:
+            continue
+        if v.volume_ml > bounds["high_ml"]:
+            warnings.append(f"{v.name} {v.volume_ml:.0f} mL is far above the anatomical range "
+                            f"({bounds['low_ml']:g}-{bounds['high_ml']:g} mL): check the segmentation")
+        elif v.volume_ml < bounds["low_ml"] and not v.touches_border:
+            warnings.append(f"{v.name} {v.volume_ml:.1f} mL is far below the anatomical range "
+                            f"({bounds['low_ml']:g}-{bounds['high_ml']:g} mL): check the segmentation")
+    return warnings

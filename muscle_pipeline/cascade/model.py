@@ -31,24 +31,21 @@ __all__ = ["CascadeModel", "load_cascade", "bundle_path", "read_bundle_config", 
 
 log = logging.getLogger(__name__)
 
-_REPO_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
-
 
 def bundle_path(bundle: str | os.PathLike) -> Path:
-    """A bundle folder from a name (``"calf_mri"``) or a path.
+    """A bundle folder from a shipped bundle name (``"calf_mri"``) or a path given as a path.
 
-    Names are looked up in ``$MUSCLE_PIPELINE_BUNDLES``, then the repository's ``bundles/``, then
-    the installed package's ``muscle_pipeline/data/bundles``.
+    Names resolve to the shipped bundles only (``$MUSCLE_PIPELINE_BUNDLES``, the repository's
+    ``bundles/``, the installed package's ``muscle_pipeline/data/bundles``), never to a folder of
+    that name in the working directory: see :func:`muscle_pipeline.routing.resolve_bundle`.
     """
-    p = Path(bundle)
-    if (p / "configs").is_dir():
-        return p.resolve()
-    roots = [Path(r) for r in os.environ.get("MUSCLE_PIPELINE_BUNDLES", "").split(os.pathsep) if r]
-    roots += [_REPO_BUNDLES, Path(__file__).resolve().parents[1] / "data" / "bundles"]
-    for root in roots:
-        if (root / str(bundle) / "configs").is_dir():
-            return (root / str(bundle)).resolve()
-    raise FileNotFoundError(f"no bundle {bundle!r} (looked in {', '.join(str(r) for r in roots)})")
+    from ..errors import ModelError
+    from ..routing import resolve_bundle
+
+    try:
+        return resolve_bundle(bundle)
+    except ModelError as exc:
+        raise FileNotFoundError(str(exc)) from None
 
 
 def read_bundle_config(bundle: str | os.PathLike, name: str = "inference.json") -> ConfigParser:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -16,7 +15,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="scan files or folders")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--model", default="calf_mri", help="calf_mri | hip_ct | path to a bundle (default calf_mri)")
+    p.add_argument("--model", default="auto",
+                   help="auto (default: per case, the shipped model that covers the recognised modality and "
+                        "region) | calf_mri | hip_ct | thigh_ct_25d | lower_limb_35 | a path to a bundle "
+                        "(./my_bundle; a bundle's configs are code: use bundles you trust)")
+    p.add_argument("--force", action="store_true",
+                   help="segment cases the model does not fit (wrong modality or region, no lower limb, no "
+                        "orientation in the header) instead of rejecting them; the reason stays a warning")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
     p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n (1-based), e.g. "
@@ -36,11 +41,9 @@ def run(args) -> int:
 
     results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
                       shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet,
-                      memory_budget_mb=args.memory_budget_mb)
+                      memory_budget_mb=args.memory_budget_mb, force=args.force)
     counts: dict[str, int] = {}
-    for r in results:
+    for r in results:  # FAILED/REJECTED/WARNING lines were printed by the batch, once, as they came
         counts[r.status] = counts.get(r.status, 0) + 1
-        if r.status == "failed":
-            print(f"FAILED {r.case_id}: {r.reason}", file=sys.stderr)
     print("cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"  -> {args.output}")
     return batch_exit_code(results)

@@ -1,4 +1,5 @@
-"""Which body region a scan shows (hip, thigh, leg, foot) and which side a leg is, from its bones.
+"""Which body region a scan shows (foot, leg, knee, thigh, hip, or no lower limb) and which side a
+leg is, from its bones.
 
 As QMRITools' ``SegmentData`` does before choosing a network, every axial slice of every leg is
 classified from its cross-section and its bones, and the slices vote. The rule (no trained
@@ -8,9 +9,20 @@ synthetic phantoms, and are listed in :data:`RULES`), applied per leg and slice 
 1. **hip** — a bilateral body that is one blob with no valley between the legs (pelvis, or the
    trunk above it), or a leg cross-section of at least 180 cm² holding a bone of at least
    12 cm² (half a pelvis with the femoral head and acetabulum or the iliac wing);
+   **none** (not a lower limb) instead of hip: on CT, when that half of the body holds no
+   pelvic bone (≥ 5 cm², not at the midline cut, not under the skin: iliac wing, acetabulum,
+   femoral head — the abdomen's vertebra sits on the cut, its ribs under the skin; on the real
+   pelvis CT this keeps slices 0–46 of the hip bone's 0–60 and calls the abdomen above none);
+   on MR (whose dark-blob "bones" in a trunk are kidneys, bowel gas and vessels), when the whole
+   scan never shows two separate legs and fewer than 10 % of its votes are thigh/knee/leg/foot
+   (the lumbar spine, the upper abdomen). An MR of the pelvis alone, cut above the thighs, is
+   therefore called none too: a known limit, on the safe side (refused, not segmented);
 2. **foot** — an elongated outline (major/minor axis ≥ 1.6: a foot cut across is long
    front-to-back), or at least four bones in an outline elongated ≥ 1.4;
-3. **thigh / leg** — the *principal bone* is the bone of at least 2 cm² nearest the centre of
+3. **knee** — a bone near the centre (within half a radius) of at least 13 cm² filling at least
+   12 % of the cross-section: femoral condyles, tibial plateau (the femoral shaft fills 3–5 % of a
+   thigh, the tibial shaft 4–6 % of a calf; the knee slices of the whole-leg stations 12–32 %);
+4. **thigh / leg** — the *principal bone* is the bone of at least 2 cm² nearest the centre of
    the cross-section. The femur lies deep in the thigh (shortest distance to the skin ≥ 25 % of
    the cross-section's equivalent radius; measured 0.30–0.55), while the tibia's front is just
    under the skin (measured 0.02–0.22): deep → thigh, superficial → leg.
@@ -53,7 +65,8 @@ from muscle_pipeline.transforms.legs import (
     voxel_spacing,
 )
 
-REGIONS = ("foot", "leg", "thigh", "hip")  # inferior → superior
+REGIONS = ("foot", "leg", "knee", "thigh", "hip")  # inferior → superior
+NOT_LOWER_LIMB = "none"  # a slice (or scan) with no lower limb in it: trunk, abdomen, lumbar spine
 
 RULES = {
     "min_leg_area_cm2": 20.0,  # smaller cross-sections (toes, a scan's edge) do not vote
@@ -64,6 +77,13 @@ RULES = {
     "foot_many_bones_elongation": 1.4,
     "principal_bone_cm2": 2.0,
     "thigh_depth_ratio": 0.25,
+    "knee_bone_cm2": 13.0,
+    "knee_bone_fraction": 0.12,
+    "knee_central_ratio": 0.5,
+    "ct_pelvic_bone_cm2": 5.0,
+    "ct_pelvic_bone_depth": 0.1,
+    "ct_pelvic_bone_centre": 0.6,
+    "mr_trunk_limb_share": 0.1,
     "min_bone_mm2": 30.0,
     "ct_bone_hu": 200.0,
     "mr_dark_fraction": 0.45,  # dark = below this fraction of the leg interior's median
@@ -103,15 +123,23 @@ class SliceFeatures:
 
 @dataclass
 class RegionResult:
-    """``region``: "foot" | "leg" | "thigh" | "hip" (None when no slice could vote);
-    ``per_slice``: the vote of each slice along the array axis closest to world z (None: no
-    vote or legs disagreeing); ``confidence``: share of the leg-slice votes that agree with
-    ``region``; ``votes``: the counts."""
+    """``region``: the lower-limb region most slices show, "foot" | "leg" | "knee" | "thigh" |
+    "hip" (None when no slice shows a lower limb); ``per_slice``: the vote of each slice along
+    the array axis closest to world z, one of :data:`REGIONS` or "none" (None: no vote or legs
+    disagreeing); ``confidence``: share of the lower-limb votes that agree with ``region``;
+    ``votes``: the counts, "none" included."""
 
     region: str | None
     per_slice: list[str | None]
     confidence: float
     votes: dict = field(default_factory=dict)
+    legs: list[str] = field(default_factory=list)  # "right"/"left" of a bilateral scan, or ["one"]
+
+    @property
+    def present(self) -> dict[str, int]:
+        """Slices per region (``"none"`` included), inferior to superior."""
+        counts = Counter(v for v in self.per_slice if v)
+        return {r: counts[r] for r in (*REGIONS, NOT_LOWER_LIMB) if counts[r]}
 
 
 @dataclass
@@ -261,41 +289,80 @@ def slice_features(image: MetaTensor, working_mm: float = 1.5, max_slices: int |
     return legs
 
 
-def classify_slice(f: SliceFeatures) -> str | None:
-    """The region one leg's cross-section shows (rule in the module docstring), or None."""
+def _has_pelvic_bone(f: SliceFeatures) -> bool:
+    """A CT bone that a pelvis has and a trunk lacks (see the module docstring, rule 1)."""
+    return any(b.area_mm2 >= RULES["ct_pelvic_bone_cm2"] * 100 and b.depth_ratio >= RULES["ct_pelvic_bone_depth"]
+               and b.centre_ratio <= RULES["ct_pelvic_bone_centre"] for b in f.bones)
+
+
+def classify_slice(f: SliceFeatures, ct: bool = False) -> str | None:
+    """The region one leg's cross-section shows (rules in the module docstring), or None.
+    ``ct``: intensities are HU (pelvis and trunk then told apart by their bones)."""
     largest = max((b.area_mm2 for b in f.bones), default=0.0)
     if f.joined or (f.area_cm2 >= RULES["hip_leg_area_cm2"] and largest >= RULES["hip_bone_area_cm2"] * 100):
-        return "hip"
+        return NOT_LOWER_LIMB if ct and not _has_pelvic_bone(f) else "hip"
     many = sum(b.area_mm2 >= 50 for b in f.bones) >= RULES["foot_many_bones"]
     if f.elongation >= RULES["foot_elongation"] or (many and f.elongation >= RULES["foot_many_bones_elongation"]):
         return "foot"
+    central = [b for b in f.bones if b.centre_ratio <= RULES["knee_central_ratio"]]
+    biggest = max((b.area_mm2 for b in central), default=0.0) / 100.0
+    if biggest >= RULES["knee_bone_cm2"] and biggest >= RULES["knee_bone_fraction"] * f.area_cm2:
+        return "knee"
     principal = f.principal_bone
     if principal is None:
         return None
     return "thigh" if principal.depth_ratio >= RULES["thigh_depth_ratio"] else "leg"
 
 
-def recognize_region(image: MetaTensor) -> RegionResult:
-    """Hip, thigh, leg (lower leg) or foot for a channel-first MetaTensor ``(C, X, Y, Z)``: a
-    bilateral scan, a single leg, or a crop from :class:`~muscle_pipeline.transforms.legs.SplitLegs`.
-    ``per_slice`` runs along the array axis closest to world z, in array order."""
-    n_slices = image.shape[1 + leg_axes(image.affine).si]
+def recognize_region(image: MetaTensor, max_slices: int | None = None) -> RegionResult:
+    """Hip, thigh, knee, leg (lower leg), foot or none (no lower limb) for a channel-first
+    MetaTensor ``(C, X, Y, Z)``: a bilateral scan, a single leg, or a crop from
+    :class:`~muscle_pipeline.transforms.legs.SplitLegs`. ``per_slice`` runs along the array axis
+    closest to world z, in array order. ``max_slices``: vote with at most that many evenly
+    spaced slices (the others stay None): a 400-slice CT needs no more than ~64 to be known."""
+    axes = leg_axes(image.affine)
+    n_slices = image.shape[1 + axes.si]
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    ct = _is_ct(array)
     per_slice_votes: list[list[str]] = [[] for _ in range(n_slices)]
-    for leg in slice_features(image):
+    legs = slice_features(image, max_slices=max_slices)
+    for leg in legs:
         for f in leg:
-            vote = classify_slice(f)
+            vote = classify_slice(f, ct=ct)
             if vote is not None:
                 per_slice_votes[f.index].append(vote)
+    if not ct and _looks_like_trunk(image, legs, per_slice_votes):
+        per_slice_votes = [[NOT_LOWER_LIMB if v == "hip" else v for v in votes] for votes in per_slice_votes]
     votes = Counter(v for slice_votes in per_slice_votes for v in slice_votes)
     per_slice: list[str | None] = []
     for slice_votes in per_slice_votes:
         counts = Counter(slice_votes).most_common()
         tied = len(counts) > 1 and counts[0][1] == counts[1][1]
         per_slice.append(counts[0][0] if counts and not tied else None)
-    if not votes:
-        return RegionResult(None, per_slice, 0.0, {})
-    region, count = votes.most_common(1)[0]
-    return RegionResult(region, per_slice, count / sum(votes.values()), dict(votes))
+    # _leg_parts gives the low-index part first; which side it is follows the lr axis' world x
+    # direction (RAS: +x is the subject's right)
+    low_is_right = float(np.asarray(image.affine, dtype=float)[0, axes.lr]) < 0
+    sides = ["one"] if len(legs) != 2 else (["right", "left"] if low_is_right else ["left", "right"])
+    limb_votes = Counter({r: n for r, n in votes.items() if r != NOT_LOWER_LIMB})
+    # a stray limb-like slice in a trunk (1 of the lumbar MR's 20) does not make a lower limb
+    if not limb_votes or sum(limb_votes.values()) < RULES["mr_trunk_limb_share"] * sum(votes.values()):
+        return RegionResult(None, per_slice, 0.0, dict(votes), sides)
+    region, count = limb_votes.most_common(1)[0]
+    return RegionResult(region, per_slice, count / sum(limb_votes.values()), dict(votes), sides)
+
+
+def _looks_like_trunk(image: MetaTensor, legs: list[list[SliceFeatures]], per_slice_votes: list[list[str]]) -> bool:
+    """MR rule of the module docstring: no slice with two separate legs, and (almost) no
+    thigh/knee/leg/foot votes."""
+    limb = sum(v in REGIONS and v != "hip" for votes in per_slice_votes for v in votes)
+    total = sum(len(votes) for votes in per_slice_votes)
+    if total == 0 or limb > RULES["mr_trunk_limb_share"] * total:
+        return False
+    info = image.meta.get(LEG_META_KEY) if isinstance(image, MetaTensor) else None
+    if info is not None:  # a crop of one leg: the bilateral scan decides, not the crop
+        return False
+    two_legs = len(legs) == 2 and not all(f.joined for leg in legs for f in leg)
+    return not two_legs
 
 
 # --------------------------------------------------------------------------------------------
