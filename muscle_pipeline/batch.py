@@ -130,6 +130,8 @@ def run_batch(
     """
     from tqdm.auto import tqdm
 
+    if shard is not None and not (len(shard) == 2 and 1 <= shard[0] <= shard[1]):
+        raise UsageError(f"shard {shard!r}: need (i, n) with 1 <= i <= n (i counts from 1)")
     output_dir = outputs.prepare_output_dir(output_dir)
     mine = [c for c in cases if in_shard(c.case_id, shard)]
     results: list[CaseResult] = []

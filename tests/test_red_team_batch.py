@@ -252,6 +252,24 @@ def test_two_shard_jobs_merge_their_batch_reports(tmp_path):
     assert all(status[n] == "complete" for n in two)
 
 
+def test_report_rebuild_waits_for_the_other_job_and_a_bad_shard_tuple_is_refused(tmp_path):
+    import threading
+
+    scan = tiny_nifti(tmp_path / "in" / "x.nii.gz")
+    out = outputs.prepare_output_dir(tmp_path / "out")
+    done = []
+    with outputs.output_lock(out):  # another job is rebuilding the reports
+        job = threading.Thread(target=lambda: done.append(
+            run_batch([nifti_case(scan, "x")], out, complete_case, load=load_name, progress=False)))
+        job.start()
+        job.join(timeout=1.0)
+        assert job.is_alive() and not (out / "batch_report.csv").exists()
+    job.join(timeout=20)
+    assert done and status_of(out) == {"x": "complete"}
+    with pytest.raises(MusclePipelineError, match="shard"):
+        run_batch([nifti_case(scan, "x")], out, complete_case, load=load_name, shard=(0, 2), progress=False)
+
+
 def test_stale_temporary_cleanup_leaves_other_cases_temporaries_alone(tmp_path):
     scan = tiny_nifti(tmp_path / "in" / "x.nii.gz")
     out = tmp_path / "out"
