@@ -199,6 +199,8 @@ def test_an_output_folder_inside_the_input_is_never_read_back(tmp_path):
     skipped.clear()
     assert [c.case_id for c in discover(inp, skipped)] == ["leg"]
     assert [s.path for s in skipped] == [out] and "output" in skipped[0].reason
+    with pytest.raises(MusclePipelineError):  # an input inside the output folder: nothing to read
+        discover(out / "leg", exclude=[out])
     moved = inp / "old_run"
     out.rename(moved)
     (moved / "batch_report.json").unlink()  # .locks alone marks it too

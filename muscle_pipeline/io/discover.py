@@ -193,17 +193,19 @@ def _list_files(inputs: Sequence[Path], skip, exclude: set[Path]) -> list[tuple[
             seen.add(key)
             files.append((path, anchor))
 
-    def excluded(folder: Path) -> str | None:
+    def excluded(folder: Path, top: bool = False) -> str | None:
         resolved = folder.resolve()
         if resolved in exclude:
             return "the job's output folder: not read as input"
+        if top and any(parent in exclude for parent in resolved.parents):
+            return "inside the job's output folder: not read as input"
         if (folder / BATCH_REPORT_JSON).is_file() or (folder / LOCK_DIR).is_dir():
             return f"a muscle_pipeline output folder (holds {BATCH_REPORT_JSON} or {LOCK_DIR}): not read as input"
         return None
 
     for root in inputs:
         if root.is_dir():
-            why = excluded(root)
+            why = excluded(root, top=True)
             if why:
                 skip(root, why)
                 continue
