@@ -54,7 +54,11 @@ def test_dicom_seg_frames_land_on_their_source_images(shared_data, tmp_path):
     # Laterality is coded, and the series is referenced.
     desc = {d.SegmentLabel: d for d in seg.SegmentSequence}
     assert desc["gluteus_maximus_left"].AnatomicRegionSequence[0].CodeMeaning == "Left"
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    # The anonymised example leaves SeriesInstanceUID empty: a valid UID derived from the series'
+    # content is referenced (and filled into the SEG's copies of the source headers) instead.
+    referenced = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert sources[0].SeriesInstanceUID == "" and pydicom.uid.UID(referenced).is_valid
+    assert "SeriesInstanceUID" in notes[0]
 
 
 def test_dicom_seg_refuses_a_grid_that_is_not_the_series(shared_data, tmp_path):

@@ -7,6 +7,7 @@ the frames land on the right images whatever order the files were listed in.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -31,26 +32,50 @@ def _segment_codes(entry: ontology.Label):
     return category, prop_type
 
 
+def _content_digest(datasets) -> str:
+    """SHA-256 over what tells one source series from another (patient, study and series fields,
+    each instance's SOP UID, position and pixel data): the seed of every UID derived for it, so
+    that two different series never get the same derived UID and one series always the same."""
+    digest = hashlib.sha256()
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        for key in ("PatientID", "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "AccessionNumber",
+                    "StudyID", "SeriesNumber", "SeriesDate", "SeriesTime", "SOPInstanceUID", "ImagePositionPatient"):
+            digest.update(f"{key}={ds.get(key, '')}\n".encode())
+        digest.update(str(meta.get("MediaStorageSOPInstanceUID", "") if meta is not None else "").encode())
+        digest.update(bytes(ds.get("PixelData", b"") or b""))
+    return digest.hexdigest()
+
+
 def _repair_identifiers(datasets, notes: list[str]) -> None:
     """Anonymisers often blank identifiers a DICOM-SEG must reference (the real TotalSegmentator
     example series has an empty SOPClassUID and StudyInstanceUID and no FrameOfReferenceUID).
-    Fill them in the in-memory copies only: SOP class/instance from the file meta header, study
-    and frame of reference derived deterministically from the series UID, and say so."""
+    Fill them in the in-memory copies only, never with an empty or shared value: SOP class and
+    instance from the file meta header, else derived; series, study and frame of reference
+    derived deterministically (``generate_uid(entropy_srcs=...)``) from the series UID where it
+    is present, else from the series' content (:func:`_content_digest`); and say so. UIDs the
+    source has are kept, so that the SEG references them."""
     from pydicom.uid import generate_uid
 
-    series_uid = str(datasets[0].get("SeriesInstanceUID", "") or "")
-    derived = {
-        "StudyInstanceUID": generate_uid(entropy_srcs=["study", series_uid]),
-        "FrameOfReferenceUID": generate_uid(entropy_srcs=["frame", series_uid]),
-    }
     filled = set()
-    for ds in datasets:
+    series_uid = str(datasets[0].get("SeriesInstanceUID", "") or "")
+    seed = series_uid or _content_digest(datasets)
+    derived = {
+        "SeriesInstanceUID": generate_uid(entropy_srcs=["series", seed]),
+        "StudyInstanceUID": generate_uid(entropy_srcs=["study", seed]),
+        "FrameOfReferenceUID": generate_uid(entropy_srcs=["frame", seed]),
+    }
+    for index, ds in enumerate(datasets):
         meta = getattr(ds, "file_meta", None)
         if not ds.get("SOPClassUID") and meta is not None and meta.get("MediaStorageSOPClassUID"):
             ds.SOPClassUID = meta.MediaStorageSOPClassUID
             filled.add("SOPClassUID")
-        if not ds.get("SOPInstanceUID") and meta is not None and meta.get("MediaStorageSOPInstanceUID"):
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        if not ds.get("SOPInstanceUID"):
+            if meta is not None and meta.get("MediaStorageSOPInstanceUID"):
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            else:
+                ds.SOPInstanceUID = generate_uid(entropy_srcs=["instance", seed, str(index),
+                                                               str(ds.get("ImagePositionPatient", ""))])
             filled.add("SOPInstanceUID")
         for key, value in derived.items():
             if not ds.get(key):
@@ -61,7 +86,7 @@ def _repair_identifiers(datasets, notes: list[str]) -> None:
                 setattr(ds, key, "")
     if filled:
         notes.append("source series lacks " + ", ".join(sorted(filled)) + "; DICOM-SEG uses values filled from the "
-                     "file meta header or derived from the SeriesInstanceUID")
+                     "file meta header or derived from the " + ("SeriesInstanceUID" if series_uid else "series' content"))
 
 
 def _lab_colour(rgb: tuple[int, int, int]):
