@@ -23,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import io
 import logging
+import math
+import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -53,6 +56,14 @@ _SAME_POSITION_MM = 1e-3
 _STEP_TOLERANCE = 0.05
 # Allowed difference between ImageOrientationPatient cosines of two slices.
 _ORIENTATION_TOLERANCE = 1e-4
+# Largest cosine between two unit axes of an affine still called orthogonal; float32 sforms of
+# real scans stay below 1e-5, a shear a viewer would show is far above.
+_SHEAR_TOLERANCE = 1e-3
+# DEFLATE cannot compress better than 1032:1 (a 258-byte match per ~2 bits), so a gzip stream
+# of N bytes never decompresses to more than 1032 * N bytes.
+_MAX_DEFLATE_RATIO = 1032
+# pydicom header reads leave values longer than this unread (the pixel data), kept as offsets.
+_DEFER_BYTES = 4096
 
 
 class DicomSeriesITKReader(ITKReader):
@@ -93,16 +104,17 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
         header, voxels = _check_nifti_file(source)
         # C order like ITK's arrays: nibabel returns the file's x-fastest (Fortran) layout, on
         # which resampling and crops ran ~20 % slower (calf 3D Dixon)
+        meta = {"spacing": np.asarray(header.get_zooms()[:3], dtype=np.float64), **nifti_geometry(header)}
         image = MetaTensor(torch.as_tensor(np.ascontiguousarray(voxels, dtype=np.float32)),
-                           affine=torch.as_tensor(header.get_best_affine(), dtype=torch.float64),
-                           meta={"spacing": np.asarray(header.get_zooms()[:3], dtype=np.float64)})
-        return _finish(image, source, case, volume_index)
+                           affine=torch.as_tensor(header.get_best_affine(), dtype=torch.float64), meta=meta)
+        return _finish(image, source, case, volume_index, _nifti_orientation_problem(header, source))
     if case.format == "dicom":
         data: object = [str(p) for p in ordered_series_files(case)]
         reader: ITKReader = DicomSeriesITKReader()
     else:
         data = str(source)
         reader = ITKReader()
+        _check_declared_size_itk(source)
     with _itk_warnings_off():
         try:
             image = _loader()(data, reader=reader)
@@ -116,11 +128,21 @@ def read_image(case_or_path: Case | str | Path, volume_index: int | None = None)
     return _finish(image, source, case, volume_index)
 
 
-def _finish(image: MetaTensor, source: Path, case: Case, volume_index: int | None) -> MetaTensor:
-    """Checks common to every reader, then the (X, Y, Z) float32 MetaTensor with our meta keys."""
+def _finish(image: MetaTensor, source: Path, case: Case, volume_index: int | None,
+            orientation: tuple[str | None, list[str]] | None = None) -> MetaTensor:
+    """Checks common to every reader, then the (X, Y, Z) float32 MetaTensor with our meta keys.
+
+    ``orientation``: (problem, warnings) found by a format-specific check; else the affine
+    itself is checked for shear. Sets meta ``orientation_problem`` ("missing", "sheared" or
+    None) and ``read_warnings`` (list of one-line messages naming the file, empty when fine).
+    """
     array, affine = _select_volume(image, source, volume_index)
     _check_geometry(affine, image.meta.get("spacing"), source)
     _check_finite(array, source)
+    if orientation is None:
+        sheared = shear(affine) > _SHEAR_TOLERANCE
+        orientation = ("sheared", [_sheared_message(source, affine)]) if sheared else (None, [])
+    problem, read_warnings = orientation
 
     meta = dict(image.meta)
     meta.update(
@@ -131,6 +153,8 @@ def _finish(image: MetaTensor, source: Path, case: Case, volume_index: int | Non
         case_id=case.case_id,
         format=case.format,
         original_channel_dim=float("nan"),  # MONAI's "no_channel": EnsureChannelFirst adds one
+        orientation_problem=problem,
+        read_warnings=list(read_warnings),
     )
     meta.pop("affine", None)  # given below; MetaTensor warns when both are set
     return MetaTensor(array, affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)
@@ -222,6 +246,7 @@ def _check_nifti_file(path: Path):
         with open_stream() as stream:
             header = _parse_nifti_header(path, stream)
             _check_nifti_geometry(path, header)
+            _check_nifti_size(path, header, gz)
             stream.seek(0)
             try:
                 voxels = header.data_from_fileobj(stream)
@@ -262,6 +287,184 @@ def _check_nifti_geometry(path: Path, header) -> None:
     affine = header.get_best_affine()
     if not np.all(np.isfinite(affine)) or np.any(np.linalg.norm(affine[:3, :spatial], axis=0) <= 0):
         raise InvalidGeometryError(path, f"voxel-to-world affine has a zero or non-finite axis:\n{affine}")
+
+
+def nifti_geometry(header) -> dict:
+    """The NIfTI header's geometry fields, as meta entries for :func:`write_label_map`, which
+    copies them so that every tool places the label map where it places the input.
+
+    ``nifti_qform``/``nifti_sform``: 4x4 voxel -> RAS+ mm (float64 of the stored numbers);
+    ``nifti_qform_code``/``nifti_sform_code``: int; ``nifti_quatern``: float32 (6,) quatern_b,
+    c, d, qoffset_x, y, z as stored; ``nifti_pixdim``: float32 (8,) as stored (pixdim[0] = qfac).
+    """
+    return {
+        "nifti_qform": np.asarray(header.get_qform(), dtype=np.float64),
+        "nifti_sform": np.asarray(header.get_sform(), dtype=np.float64),
+        "nifti_qform_code": int(header["qform_code"]),
+        "nifti_sform_code": int(header["sform_code"]),
+        "nifti_quatern": np.asarray([header[k] for k in ("quatern_b", "quatern_c", "quatern_d",
+                                                         "qoffset_x", "qoffset_y", "qoffset_z")], dtype=np.float32),
+        "nifti_pixdim": np.asarray(header["pixdim"], dtype=np.float32).copy(),
+    }
+
+
+def shear(affine) -> float:
+    """Largest |cosine| between two voxel axes of a 4x4 affine: 0 for perpendicular axes."""
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = axes / np.linalg.norm(axes, axis=0)
+    cosines = unit.T @ unit
+    return float(np.max(np.abs(cosines - np.diag(np.diag(cosines)))))
+
+
+def _sheared_message(path: Path, affine) -> str:
+    return (f"{path}: the voxel axes are not perpendicular (sheared affine, largest axis cosine "
+            f"{shear(affine):.3g}); ITK-based tools cannot represent it and may place the image elsewhere")
+
+
+def _nifti_orientation_problem(header, path: Path) -> tuple[str | None, list[str]]:
+    """("missing" | "sheared" | None, read warnings) of a NIfTI header."""
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        return "missing", [f"{path}: NIfTI header has no orientation (qform_code and sform_code are 0); "
+                           "left/right and the position in the scanner are unknown"]
+    affine = header.get_best_affine()
+    if shear(affine) > _SHEAR_TOLERANCE:
+        return "sheared", [_sheared_message(path, affine)]
+    if int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
+        # which one a tool uses differs (nibabel: sform; ITK 5.4: qform unless sform_code is 1)
+        difference = float(np.max(np.abs(header.get_qform() - header.get_sform())))
+        if difference > 1e-3:
+            return None, [f"{path}: NIfTI qform and sform disagree (by up to {difference:.3g} mm); "
+                          "the sform is used here, some tools use the qform"]
+    return None, []
+
+
+def _size_text(n_bytes: float) -> str:
+    """'2.0 GB', '1.0 kB', '512 bytes' (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def _declared_text(shape, type_name: str, n_bytes: int) -> str:
+    return f"header declares {'x'.join(str(int(n)) for n in shape)} {type_name} ({_size_text(n_bytes)})"
+
+
+def _check_nifti_size(path: Path, header, gz: bool) -> None:
+    """Refuse a header declaring more voxel bytes than the file can hold, before nibabel
+    allocates them (it allocates the whole array, then finds the data short)."""
+    shape = header.get_data_shape()
+    dtype = header.get_data_dtype()
+    n_bytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    needed = int(header.get_data_offset()) + n_bytes
+    file_size = path.stat().st_size
+    declared = _declared_text(shape, dtype.name, n_bytes)
+    if not gz:
+        if file_size < needed:
+            raise CorruptFileError(path, f"{declared} but the file holds {_size_text(file_size)}")
+        return
+    limit = file_size * _MAX_DEFLATE_RATIO
+    if needed > limit:
+        raise CorruptFileError(path, f"{declared} but the {_size_text(file_size)} gzip file can hold at most "
+                                     f"{_size_text(limit)}")
+    # ISIZE (last 4 bytes) = uncompressed size mod 2**32 of the last gzip member: the largest
+    # size it allows below the ratio bound. Only a hint (several members are legal), so a short
+    # one is confirmed by counting the stream, which holds one 16 MB block at a time.
+    with open(path, "rb") as raw:
+        raw.seek(max(file_size - 4, 0))
+        trailer = raw.read(4)
+    if len(trailer) < 4:
+        return  # too short to be gzip: the decoder says so
+    size_mod = struct.unpack("<I", trailer)[0]
+    largest = size_mod + ((limit - size_mod) // 2**32) * 2**32 if limit >= size_mod else size_mod
+    if largest >= needed:
+        return
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while total < needed and (block := stream.read(1 << 24)):
+            total += len(block)
+    if total < needed:
+        raise CorruptFileError(path, f"{declared} but the file decompresses to {_size_text(total)}")
+
+
+def _raw_data_extent(path: Path) -> tuple[Path, int, str] | None:
+    """Where a NRRD / MetaImage file keeps its voxels: (data file, byte offset, "raw" or
+    "deflate"); None when it cannot be told simply (file lists, patterns, text encodings).
+
+    Only the few keys ITK does not expose are looked at; sizes and types come from ITK."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    lines = head.split(b"\n")
+    position = 0
+    fields: dict[str, str] = {}
+    if head.startswith(b"NRRD"):
+        for line in lines:
+            position += len(line) + 1
+            text = line.decode("latin-1").strip()
+            if not text:  # a blank line ends a NRRD header; the data follows (if attached)
+                break
+            if ":" in text and not text.startswith("#"):
+                key, _, value = text.partition(":")
+                fields[key.strip().lower()] = value.lstrip("=").strip()
+        else:
+            return None
+        encoding = {"raw": "raw", "gzip": "deflate", "gz": "deflate"}.get(fields.get("encoding", "").lower())
+        data_file = fields.get("data file", fields.get("datafile"))
+        if encoding is None or int(fields.get("line skip", "0") or 0) or int(fields.get("byte skip", "0") or 0):
+            return None
+        if data_file is None:
+            return path, position, encoding
+    else:
+        for line in lines:
+            position += len(line) + 1
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":  # the last header line of a MetaImage
+                break
+        else:
+            return None
+        data_file = fields["ElementDataFile"]
+        encoding = "deflate" if fields.get("CompressedData", "").lower() in ("true", "1") else "raw"
+        if fields.get("HeaderSize", "0") not in ("", "0"):
+            return None
+        if data_file == "LOCAL":
+            return path, position, encoding
+    if not data_file or data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+        return None
+    return path.parent / data_file, 0, encoding
+
+
+def _check_declared_size_itk(path: Path) -> None:
+    """NRRD / MetaImage: refuse a header declaring more voxel bytes than the data can hold,
+    before ITK allocates the image buffer for them."""
+    import itk
+
+    try:
+        with _itk_warnings_off():
+            imageio = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+            imageio.SetFileName(str(path))
+            imageio.ReadImageInformation()
+        extent = _raw_data_extent(path)
+    except Exception:
+        return  # unreadable header: the read itself reports it
+    if extent is None:
+        return
+    data_path, offset, encoding = extent
+    if not data_path.is_file():
+        return
+    n_bytes = int(imageio.GetImageSizeInBytes())
+    shape = [imageio.GetDimensions(i) for i in range(imageio.GetNumberOfDimensions())]
+    type_name = imageio.GetComponentTypeAsString(imageio.GetComponentType())
+    if imageio.GetNumberOfComponents() > 1:
+        type_name += f" x{imageio.GetNumberOfComponents()}"
+    available = max(data_path.stat().st_size - offset, 0)
+    declared = _declared_text(shape, type_name, n_bytes)
+    where = "the file" if data_path == path else f"its data file {data_path.name}"
+    if encoding == "raw" and available < n_bytes:
+        raise CorruptFileError(path, f"{declared} but {where} holds {_size_text(available)}")
+    if encoding == "deflate" and available * _MAX_DEFLATE_RATIO < n_bytes:
+        raise CorruptFileError(path, f"{declared} but the {_size_text(available)} of compressed data in {where} "
+                                     f"can hold at most {_size_text(available * _MAX_DEFLATE_RATIO)}")
 
 
 def _check_finite(array, path: Path) -> None:
@@ -321,14 +524,18 @@ def ordered_series_files(case: Case) -> list[Path]:
     form one regular 3D grid (one orientation, one image size and pixel spacing, uniform steps
     of ImagePositionPatient along the normal, no in-plane shift between slices).
 
-    Raises UnsupportedImageError for a single 2D slice, InvalidGeometryError otherwise.
+    Raises UnsupportedImageError for a single 2D slice, CorruptFileError for a slice whose
+    pixel data is short or broken (:func:`check_pixel_data`), InvalidGeometryError otherwise.
     """
     headers = []
     for path in case.paths:
         try:
-            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+            # defer_size: the pixel data stays unread, its length and file offset are kept
+            header = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
         except Exception as exc:
             raise CorruptFileError(path, f"unreadable DICOM header ({_first_line(exc)})") from None
+        check_pixel_data(path, header)
+        headers.append((path, header))
     if len(headers) == 1:
         path, header = headers[0]
         if int(header.get("NumberOfFrames", 1) or 1) > 1:
@@ -388,3 +595,67 @@ def ordered_series_files(case: Case) -> list[Path]:
             case.source, "slices are shifted in-plane from one to the next (gantry tilt or sheared series); not supported"
         )
     return paths
+
+
+def check_pixel_data(path: Path, header) -> None:
+    """Refuse a DICOM file whose PixelData cannot hold its frames.
+
+    ITK/GDCM read a short PixelData without an error, filling the rest from uninitialised memory
+    (different garbage on every run). ``header``: read with ``defer_size`` so that native pixel
+    data is not loaded: its declared length and file offset are enough. Native transfer syntaxes
+    need Rows*Columns*SamplesPerPixel*NumberOfFrames*ceil(BitsAllocated/8) bytes (bits for
+    BitsAllocated 1); encapsulated ones must parse into fragments, at least one per frame.
+    """
+    element = header.get_item("PixelData", keep_deferred=True)
+    if element is None:
+        raise CorruptFileError(path, "has no readable PixelData (file cut short or damaged?)")
+    try:
+        rows, columns = int(header.Rows), int(header.Columns)
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        bits = int(header.BitsAllocated)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except Exception as exc:
+        raise CorruptFileError(path, f"image pixel attributes missing or invalid ({_first_line(exc)})") from None
+    syntax = header.file_meta.get("TransferSyntaxUID") if hasattr(header, "file_meta") else None
+    if syntax is not None and pydicom.uid.UID(syntax).is_encapsulated:
+        _check_encapsulated(path, header, frames)
+        return
+    n_values = rows * columns * samples * frames
+    needed = (n_values + 7) // 8 if bits == 1 else n_values * math.ceil(bits / 8)
+    length = getattr(element, "length", None)
+    if length is None:  # already a decoded DataElement (small enough to be read)
+        length = len(element.value or b"")
+    if length == 0xFFFFFFFF:
+        raise CorruptFileError(path, f"PixelData is encapsulated but the transfer syntax {syntax} is native")
+    available = length
+    value_tell = getattr(element, "value_tell", None)
+    if value_tell is not None and syntax != pydicom.uid.DeflatedExplicitVRLittleEndian:
+        # a file cut short keeps its declared length; what is really there ends with the file
+        available = min(length, max(path.stat().st_size - int(value_tell), 0))
+    if available < needed:
+        layout = f"{columns}x{rows}" + (f"x{samples} samples" if samples > 1 else "") + f"x{bits}-bit"
+        layout += f" x {frames} frames" if frames > 1 else ""
+        raise CorruptFileError(path, f"PixelData has {available} bytes, {layout} needs {needed} (truncated or damaged file)")
+
+
+def _check_encapsulated(path: Path, header, frames: int) -> None:
+    """Encapsulated (compressed) PixelData: the fragment items parse, end inside the data, and
+    there are enough of them (and offset table entries) for NumberOfFrames."""
+    from pydicom import encaps
+
+    try:
+        value = header.PixelData  # loads the deferred value (compressed, so small)
+        buffer = io.BytesIO(value)
+        offsets = encaps.parse_basic_offsets(buffer)
+        n_fragments, positions = encaps.parse_fragments(buffer)
+        if n_fragments:
+            buffer.seek(positions[-1] + 4)
+            last_length = struct.unpack("<I", buffer.read(4))[0]
+            if positions[-1] + 8 + last_length > len(value):
+                raise ValueError(f"the last fragment declares {last_length} bytes but the data ends "
+                                 f"{len(value) - positions[-1] - 8} bytes after its start")
+    except Exception as exc:
+        raise CorruptFileError(path, f"encapsulated PixelData does not parse ({_first_line(exc)})") from None
+    if n_fragments < frames or (offsets and len(offsets) != frames):
+        raise CorruptFileError(path, f"encapsulated PixelData has {n_fragments} fragment(s) and {len(offsets)} "
+                                     f"offset table entries for NumberOfFrames {frames}")
