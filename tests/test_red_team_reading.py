@@ -5,6 +5,7 @@ real CT series' headers, with slices of the real MR scan as native pixel data)."
 from __future__ import annotations
 
 import gzip
+import json
 import time
 import tracemalloc
 from pathlib import Path
@@ -397,3 +398,11 @@ def test_dicom_seg_of_anonymised_series_has_valid_distinct_uids(ct_headers, mr_v
     assert a.StudyInstanceUID != b.StudyInstanceUID
     assert a.ReferencedSeriesSequence[0].SeriesInstanceUID != b.ReferencedSeriesSequence[0].SeriesInstanceUID
     assert a.SeriesInstanceUID != b.SeriesInstanceUID and a.SOPInstanceUID != b.SOPInstanceUID
+
+
+def test_info_lists_the_orientation_problem(tmp_path, capsys):
+    _nifti(tmp_path / "no_orientation.nii.gz", None, 0, None, 0)
+    assert main(["info", str(tmp_path)]) == 0
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert line["orientation_problem"] == "missing"
+    assert len(line["read_warnings"]) == 1 and "no_orientation.nii.gz" in line["read_warnings"][0]

@@ -2,7 +2,8 @@
 
 Each line: case_id, format, source (file, or the DICOM series' folder) and num_files, shape
 (X, Y, Z), spacing (mm), orientation (axis codes in RAS terms, e.g. "RAS", "LPS"), modality
-(DICOM Modality, else null), description, intensity_range [min, max]. Files that are not
+(DICOM Modality, else null), description, intensity_range [min, max], orientation_problem
+("missing", "sheared" or null) and read_warnings (list of one-line notes). Files that are not
 scans are noted on stderr; a case that cannot be read prints one error line on stderr and the
 others go on. Exit status 1 when nothing could be read.
 """
@@ -67,6 +68,8 @@ def case_summary(case, image) -> dict:
         "modality": case.modality,
         "description": case.description,
         "intensity_range": [float(values.min()), float(values.max())],
+        "orientation_problem": image.meta.get("orientation_problem"),
+        "read_warnings": list(image.meta.get("read_warnings", [])),
     }
 
 

@@ -15,6 +15,14 @@ Checks made here, because ITK does not make them (all measured with ITK 5.4):
   given and does not refuse missing slices or mixed orientations. So the series is checked
   and ordered here from its headers (pydicom): one ImageOrientationPatient, one image size,
   uniform steps of ImagePositionPatient along the slice normal, no in-plane shift (tilt).
+  GDCM also reads a slice whose PixelData is shorter than the image without an error (the rest
+  comes from uninitialised memory), so every slice's pixel data length is checked first.
+* Declared size: a header declaring more voxel bytes than the file can hold is refused before
+  nibabel/ITK allocate them (a 1 kB file could ask for gigabytes).
+* Orientation: every result carries meta ``orientation_problem`` ("missing" for a NIfTI with
+  qform_code = sform_code = 0, "sheared" for non-perpendicular voxel axes, else None) and
+  ``read_warnings`` (one-line notes naming the file). A NIfTI's own qform/sform fields are kept
+  in meta (``nifti_*``) so that :func:`write_label_map` can write the same header geometry.
 
 Every problem is raised as one :mod:`muscle_pipeline.errors` exception naming the file.
 """
