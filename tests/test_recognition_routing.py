@@ -13,6 +13,7 @@ import pytest
 
 import muscle_pipeline as mp
 from muscle_pipeline import routing
+from muscle_pipeline.api import batch_exit_code
 from muscle_pipeline.errors import CaseRejected, ModelError
 from muscle_pipeline.io import discover, read_image
 from muscle_pipeline.qc import _regions_on_ras_z
@@ -108,7 +109,7 @@ def test_calf_model_refuses_what_is_not_an_mr_calf(shared_data, tmp_path):
     assert any(reason.count("CT, hips/pelvis") for reason in reasons.values())
     assert any("CT, no lower limb" in reason for reason in reasons.values())
     assert any("MR, no lower limb" in reason for reason in reasons.values())
-    assert mp.batch_exit_code(results) == 4
+    assert batch_exit_code(results) == 4
 
 
 def test_force_segments_anyway_and_keeps_the_reason(shared_data, tmp_path):
