@@ -28,8 +28,8 @@ def _axial_levels(labels: np.ndarray) -> list[int]:
 
 
 def leg_figure(leg, path: str | Path, title: str) -> None:
-    """Coronal slice through the femur + three axial slices, labels coloured (RAS: right of the
-    subject on the right of the coronal image? no: radiological view, subject's right on the left)."""
+    """Coronal slice through the femur + three axial slices, labels coloured; radiological view
+    (subject's right on the image left), PNG at ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
