@@ -3,7 +3,7 @@
 Reads the four Visible Human legs (``shared/data/visible_human_lower_limb``, 1 mm label maps,
 CC BY 4.0), measures every muscle's volume per leg (mL), sums the parts of composite ontology
 structures (``fibulari`` = fibularis longus + brevis, ``iliopsoas`` = iliacus + psoas major, ...)
-and writes ``muscle_pipeline/datasets/muscle_volume_ranges.json``:
+and writes ``muscle_pipeline/data/muscle_volume_ranges.json``:
 
     {"structures": {"soleus": {"atlas_ml": [4 legs], "low_ml": ..., "high_ml": ...}, ...}}
 
@@ -29,7 +29,7 @@ import numpy as np
 from muscle_pipeline import labels as ontology
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "muscle_pipeline" / "datasets" / "muscle_volume_ranges.json"
+OUT = REPO / "muscle_pipeline" / "data" / "muscle_volume_ranges.json"
 LEGS = ("VHF_Left", "VHF_Right", "VHM_Left", "VHM_Right")
 LOW_FACTOR = 0.1
 HIGH_FACTOR = 1.8

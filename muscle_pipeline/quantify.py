@@ -96,7 +96,7 @@ def write_volumes_csv(volumes: list[StructureVolume], path: str | Path) -> Path:
 def anatomical_volume_ranges() -> dict[str, dict]:
     """{structure name: {"low_ml", "high_ml", "atlas_ml"}} for one muscle of one leg, measured on
     the Visible Human atlas by ``benchmarks/anatomical_volume_ranges.py``."""
-    table = Path(__file__).resolve().parent / "datasets" / "muscle_volume_ranges.json"
+    table = Path(__file__).resolve().parent / "data" / "muscle_volume_ranges.json"
     return json.loads(table.read_text())["structures"]
 
 
