@@ -39,7 +39,7 @@ class ScanRecognition:
     """``modality``: "MR" | "CT" | another DICOM modality | None; ``regions``: voting slices per
     region present (inferior → superior, "none" last); ``per_slice``: the region of every slice
     along the array axis nearest world z (None: not looked at or undecided); ``legs``: "right",
-    "left" or "one"."""
+    "left" or "one" (empty when no lower limb was found)."""
 
     modality: str | None
     modality_source: str
@@ -97,4 +97,7 @@ def recognize_scan(image: MetaTensor, dicom_modality: str | None = None, max_sli
                if r == NOT_LOWER_LIMB or (n >= MIN_REGION_SLICES and n >= MIN_REGION_SHARE * limb_total)}
     if result.region is None:  # the region rule found no lower limb (e.g. a stray vote in a trunk)
         regions = {NOT_LOWER_LIMB: sum(counts.values())} if counts else {}
-    return ScanRecognition(modality, source, result.region, regions, result.per_slice, result.legs)
+    recognition = ScanRecognition(modality, source, result.region, regions, result.per_slice, result.legs)
+    if not recognition.lower_limb:  # two body halves of a trunk are not legs
+        recognition.legs = []
+    return recognition

@@ -45,6 +45,15 @@ def test_info_on_real_dicom_and_nifti(shared_data, capsys):
     assert mr["intensity_range"] == [-47.0, 833.0]  # SOURCES.md: int16 from -47 to 833
     assert err == ""
 
+    # Recognition as segment --model auto sees it: the DICOM tag says CT, the MR is told from its
+    # intensities; neither upper abdomen holds a lower limb.
+    assert dicom["recognition"]["modality"] == "CT"
+    assert dicom["recognition"]["modality_source"] == "DICOM Modality tag"
+    assert mr["recognition"]["modality"] == "MR" and mr["recognition"]["modality_source"].startswith("intensities")
+    for line in (dicom, mr):
+        assert line["recognition"]["region"] is None and set(line["recognition"]["regions"]) == {"none"}
+        assert line["recognition"]["legs"] == [] and "per_slice" not in line["recognition"]
+
 
 def test_one_failing_case_does_not_stop_the_others(shared_data, tmp_path, capsys):
     shutil.copy(shared_data / MR, tmp_path / "good.nii.gz")

@@ -3,7 +3,9 @@
 Each line: case_id, format, source (file, or the DICOM series' folder) and num_files, shape
 (X, Y, Z), spacing (mm), orientation (axis codes in RAS terms, e.g. "RAS", "LPS"), modality
 (DICOM Modality, else null), description, intensity_range [min, max], orientation_problem
-("missing", "sheared" or null) and read_warnings (list of one-line notes). Files that are not
+("missing", "sheared" or null), read_warnings (list of one-line notes) and recognition (what the
+segment job's ``--model auto`` sees: modality and how it was told, body regions with their slice
+counts, legs present, a one-line summary). Files that are not
 scans are noted on stderr; a case that cannot be read prints one error line on stderr and the
 others go on. Exit status 1 when nothing could be read.
 """
@@ -70,7 +72,17 @@ def case_summary(case, image) -> dict:
         "intensity_range": [float(values.min()), float(values.max())],
         "orientation_problem": image.meta.get("orientation_problem"),
         "read_warnings": list(image.meta.get("read_warnings", [])),
+        "recognition": _recognition(case, image),
     }
+
+
+def _recognition(case, image) -> dict:
+    """What ``segment --model auto`` would see, without the per-slice list (``report.json`` has it)."""
+    from muscle_pipeline.recognition import recognize_scan
+
+    found = recognize_scan(image, dicom_modality=case.modality).as_dict()
+    found.pop("per_slice", None)
+    return found
 
 
 def _note_skipped(skipped) -> None:
