@@ -39,24 +39,28 @@ def phantom_entry(tmp_path_factory) -> dict:
             "label_map": label_map, "sides": "both"}
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """``bundles/lower_limb_35`` copied and narrowed to the phantom's muscles, coarse grids, tiny U-Nets."""
-    root = tmp_path_factory.mktemp("bundle") / "lower_limb_35"
+def narrowed_bundle(root: Path, muscles: list[str], stage1_spacing, stage2_spacing) -> Path:
+    """``bundles/lower_limb_35`` copied to ``root`` and narrowed to ``muscles``, coarse grids, tiny U-Nets."""
     shutil.copytree(REPO / "bundles" / "lower_limb_35", root, ignore=shutil.ignore_patterns("models", "eval"))
     path = root / "configs" / "inference.json"
     config = json.loads(path.read_text())
     groups: dict[str, list[str]] = {}
-    for m in MUSCLES:
+    for m in muscles:
         groups.setdefault(structure(m).group, []).append(m)
     config.update({
-        "structures": MUSCLES, "groups": groups, "stage1_spacing": [12.0, 12.0, 20.0],
-        "stage2_spacing": [6.0, 6.0, 20.0], "stage1_roi": [16, 16, 16], "bias_correction": None, "n_jitter": 2,
+        "structures": muscles, "groups": groups, "stage1_spacing": stage1_spacing,
+        "stage2_spacing": stage2_spacing, "stage1_roi": [16, 16, 16], "bias_correction": None, "n_jitter": 2,
     })
     for key in ("stage1_network", "stage2_network"):
         config[key].update({"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0})
     path.write_text(json.dumps(config, indent=1))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """``bundles/lower_limb_35`` narrowed to the phantom's muscles."""
+    return narrowed_bundle(tmp_path_factory.mktemp("bundle") / "lower_limb_35", MUSCLES, [12.0, 12.0, 20.0], [6.0, 6.0, 20.0])
 
 
 def test_lower_limb_35_trains_and_predicts_on_a_phantom(tiny_bundle, phantom_entry, tmp_path):

@@ -5,7 +5,7 @@ completion of missing bones/muscles, tissue classes and bilateral scenes (docs/a
     subj = complete_subject("VHF", spacing=2.0, cache_dir="cache/atlas")
 """
 from .ingest import GENERATION_ONLY, Leg, check_sides, read_leg, to_ni35, to_ontology
-from .scene import Completed, add_tissues, assemble_scene, complete_subject
+from .scene import Completed, add_tissues, assemble_scene, complete_subject, training_entries
 
 __all__ = ["complete_subject", "Completed", "Leg", "read_leg", "check_sides", "to_ontology", "to_ni35",
-           "add_tissues", "assemble_scene", "GENERATION_ONLY"]
+           "add_tissues", "assemble_scene", "training_entries", "GENERATION_ONLY"]

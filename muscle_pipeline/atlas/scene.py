@@ -160,3 +160,18 @@ def complete_subject(subject: str, spacing: float = 2.0, cache_dir: str | Path |
             nib.save(nib.Nifti1Image(leg.labels, leg.affine), str(paths[key]))
         paths["info"].write_text(json.dumps(info, indent=1))
     return Completed(subject, out_legs, scene, info)
+
+
+def training_entries(subjects=("VHF", "VHM"), spacing: float = 2.0, cache_dir: str | Path = "~/.cache/muscle_pipeline/atlas",
+                     root: str | Path | None = None) -> list[dict]:
+    """Cascade-trainer data-list entries for the completed legs (one per leg, label scene only):
+    ``{"label": <cached leg NIfTI>, "sides": "left"|"right", "synthesize": True, "subject": ...}``.
+    Completes and caches the subjects first (about 12 s each at 2 mm)."""
+    cache = Path(cache_dir).expanduser()
+    entries = []
+    for subject in subjects:
+        complete_subject(subject, spacing=spacing, cache_dir=cache, root=root)
+        paths = _paths(cache, subject, spacing)
+        entries += [{"label": str(paths[side]), "sides": side, "synthesize": True, "subject": subject}
+                    for side in ("left", "right")]
+    return entries

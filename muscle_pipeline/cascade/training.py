@@ -3,6 +3,14 @@
 Cases are right-leg-looking crops: a left side is mirrored by reflecting the world x axis of its
 affine (the array is untouched; the cascade reorients to RAS, so the anatomy then looks like a
 right leg) and its label values are mapped to the right-side (base) values.
+
+A dataset entry with ``"synthesize": true`` has a label map and no image (the completed
+anatomical atlas, :func:`muscle_pipeline.atlas.training_entries`): every training draw crops the
+label scene, changes it (``synthesis``: muscle size, field of view) and draws a new image from it
+(:class:`~muscle_pipeline.transforms.synthesis.SynthesizeImaged`: random MR contrast or CT,
+resolution, bias, noise), SynthSeg-style, so the network never sees the same contrast twice. The
+scene keeps its fat, skin and bones (they make the image); the target is the bundle's structures,
+finer atlas muscles merged into their parent (gemelli -> external_rotators).
 """
 from __future__ import annotations
 
@@ -26,7 +34,8 @@ from .model import groups_for, read_bundle_config, right_value
 # Our affines are voxel -> RAS+ mm; say so rather than rely on the MetaTensor's "space" (MONAI 1.6 warns).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
-__all__ = ["mirror_world_x", "load_case", "split_sides", "load_side_cases", "prepare_case", "evaluate_cascade", "CascadeTrainer"]
+__all__ = ["mirror_world_x", "load_case", "load_scene", "one_side", "split_sides", "load_side_cases", "structure_lut",
+           "prepare_case", "prepare_scene", "default_synthesis", "evaluate_cascade", "CascadeTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +82,40 @@ def load_case(image_path: str, label_path: str, label_map: str | dict) -> tuple[
     return image, labels
 
 
-def split_sides(image: MetaTensor, labels: MetaTensor) -> list[tuple[MetaTensor, MetaTensor]]:
+def _side_of(value: int) -> str | None:
+    """"right" | "left" | None (unsided, or a value outside the ontology such as the atlas's
+    generation-only tissues >= 200)."""
+    try:
+        return ontology.label(int(value)).side
+    except KeyError:
+        return None
+
+
+_SWAP_SIDES = ontology.swap_sides_lut().astype(np.uint8)
+
+
+def one_side(lab: np.ndarray, side: str, keep_unsided: bool = False) -> np.ndarray:
+    """``side``'s sided structures of a label array in right-side (base) values; the other side's
+    go to 0, unsided values (bones of the midline, tissues) are kept only with ``keep_unsided``."""
+    values = {int(v): _side_of(int(v)) for v in np.unique(lab) if v}
+    keep = [v for v, sd in values.items() if sd == side or (keep_unsided and sd is None)]
+    out = np.where(np.isin(lab, keep), lab, 0).astype(np.uint8)
+    return _SWAP_SIDES[out] if side == "left" else out
+
+
+def split_sides(image: MetaTensor, labels: MetaTensor, keep_unsided: bool = False) -> list[tuple[MetaTensor, MetaTensor]]:
     """Split a two-sided case at the world-x midline between right- and left-labelled voxels.
 
     Returns ``[right, left_mirrored]``, each a right-leg-looking (image, labels) pair with
     right-side values. The midline is the mean of the right and left label centroids' x (mm).
+    ``image`` may be the labels themselves (a label scene to synthesise from).
     """
     lab = np.asarray(labels[0])
     affine = np.asarray(image.affine, float)
     idx = np.argwhere(lab > 0)
     world = idx @ affine[:3, :3].T + affine[:3, 3]
     vals = lab[tuple(idx.T)]
-    sides = {int(v): ontology.label(int(v)).side for v in np.unique(vals)}
+    sides = {int(v): _side_of(int(v)) for v in np.unique(vals)}
     side = np.array([sides[int(v)] for v in vals], dtype=object)
     midline = (world[side == "right", 0].mean() + world[side == "left", 0].mean()) / 2
     # world x of every index along each array axis: find the axis that carries x
@@ -100,12 +131,7 @@ def split_sides(image: MetaTensor, labels: MetaTensor) -> list[tuple[MetaTensor,
         start[x_axis] = int(hits.min())
         crop_affine = Box(tuple(start), (0, 0, 0)).affine_of_crop(affine)
         img = MetaTensor(image[tuple(sl)].as_tensor().clone(), affine=torch.as_tensor(crop_affine))
-        lb = np.asarray(labels[tuple(sl)]).copy()
-        # keep this side's sided structures as right-side values; drop the other side and unsided ones
-        keep = [v for v, sd in sides.items() if sd == ("right" if keep_right else "left")]
-        lb = np.where(np.isin(lb, keep), lb, 0).astype(np.uint8)
-        if not keep_right:
-            lb[lb > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
+        lb = one_side(np.asarray(labels[tuple(sl)]), "right" if keep_right else "left", keep_unsided)
         lbl = MetaTensor(torch.as_tensor(lb), affine=torch.as_tensor(crop_affine))
         if not keep_right:
             img, lbl = mirror_world_x(img), mirror_world_x(lbl)
@@ -119,20 +145,54 @@ def load_side_cases(entry: dict) -> list[tuple[MetaTensor, MetaTensor]]:
     ``entry``: ``{"image", "label", "label_map", "sides"}``; ``sides`` is ``"right"`` (as is),
     ``"left"`` (mirrored, values made right-side) or ``"both"`` (split at the midline).
     """
-    image, labels = load_case(entry["image"], entry["label"], entry["label_map"])
+    synthesize = bool(entry.get("synthesize"))
+    if synthesize:  # a label scene: the "image" is the labels themselves, images are drawn later
+        labels = load_scene(entry["label"], entry.get("label_map"))
+        image = labels
+    else:
+        image, labels = load_case(entry["image"], entry["label"], entry["label_map"])
     sides = entry.get("sides", "right")
     if sides == "both":
-        return split_sides(image, labels)
-    if sides == "left":
-        lab = np.asarray(labels).copy()
-        lab[lab < ontology.LEFT_OFFSET] = 0
-        lab[lab > ontology.LEFT_OFFSET] -= ontology.LEFT_OFFSET
-        return [(mirror_world_x(image), mirror_world_x(MetaTensor(torch.as_tensor(lab), affine=labels.affine)))]
-    if sides != "right":
+        return split_sides(image, labels, keep_unsided=synthesize)
+    if sides not in ("right", "left"):
         raise ValueError(f"sides must be 'right', 'left' or 'both', got {sides!r}")
-    lab = np.asarray(labels).copy()
-    lab[lab > ontology.LEFT_OFFSET] = 0
-    return [(image, MetaTensor(torch.as_tensor(lab), affine=labels.affine))]
+    lab = MetaTensor(torch.as_tensor(one_side(np.asarray(labels), sides, keep_unsided=synthesize)), affine=labels.affine)
+    if synthesize:
+        image = lab
+    if sides == "left":
+        return [(mirror_world_x(image), mirror_world_x(lab))]
+    return [(image, lab)]
+
+
+def load_scene(label_path: str, label_map: str | dict | None = None) -> MetaTensor:
+    """A label scene to synthesise from, (1, X, Y, Z) uint8: ontology values as stored (the
+    completed atlas), or mapped with ``label_map`` like :func:`load_case`."""
+    source = LoadImage(image_only=True, ensure_channel_first=True)(label_path)
+    values = np.asarray(source[0]).round().astype(np.int64)
+    if label_map is not None:
+        if not isinstance(label_map, str):
+            raise ValueError(f"{label_path}: a scene's label_map must be a dataset map name, got {type(label_map).__name__}")
+        from ..datasets import map_labels
+
+        values = np.asarray(map_labels(values, label_map))
+    return MetaTensor(torch.as_tensor(np.clip(values, 0, 255).astype(np.uint8)[None]), affine=source.affine,
+                      meta=dict(source.meta))
+
+
+def structure_lut(structures: list[str]) -> np.ndarray:
+    """256-entry lookup: ontology value -> the value of the bundle structure it belongs to (itself,
+    or its parent when only the parent is a structure: gemelli -> external_rotators), same side;
+    everything else 0."""
+    lut = np.zeros(256, np.uint8)
+    wanted = set(structures)
+    for lab in ontology.all_labels():
+        s = lab.structure
+        offset = ontology.LEFT_OFFSET if lab.side == "left" else 0
+        if s.name in wanted:
+            lut[lab.value] = right_value(s.name) + offset
+        elif s.parent in wanted:
+            lut[lab.value] = right_value(s.parent) + offset
+    return lut
 
 
 def evaluate_cascade(model, dataset: list[dict], output_file: str | None = None) -> dict:
@@ -159,6 +219,18 @@ def evaluate_cascade(model, dataset: list[dict], output_file: str | None = None)
     return report
 
 
+def prepare_scene(scene: MetaTensor, cascade, structures: list[str]) -> dict:
+    """Bring a (right-looking) label scene to the cascade's two grids: ``scene1``/``scene2`` keep
+    every value (to draw images from), ``label1``/``label2`` hold the bundle's structures."""
+    lab2 = Spacing(pixdim=cascade["stage2_spacing"], mode="nearest")(Orientation(axcodes="RAS", labels=RAS_LABELS)(scene))
+    lab1 = Spacing(pixdim=cascade["stage1_spacing"], mode="nearest")(lab2)
+    lut = torch.as_tensor(structure_lut(structures).astype(np.int64))
+    out = {"scene2": lab2, "scene1": lab1}
+    for key, lab in (("label2", lab2), ("label1", lab1)):
+        out[key] = MetaTensor(lut[_plain(lab).round().long().clamp(0, 255)].to(torch.uint8), affine=lab.affine)
+    return out
+
+
 def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
     """Bring a (right-looking) case to the cascade's two grids with its preprocessing."""
     img2 = Spacing(pixdim=cascade["stage2_spacing"], mode="bilinear")(Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
@@ -179,6 +251,18 @@ def _round_up(v: float, d: int) -> int:
     return int(math.ceil(v / d) * d)
 
 
+def default_synthesis(size_prob: float = 0.3, fov_prob: float = 0.3, **synth_kwargs):
+    """Scene crop -> (changed scene, synthetic image): per-muscle atrophy/hypertrophy, partial
+    field of view along z, then a random MR contrast or CT (see ``SynthesizeImage``). Deformation
+    is left to the bundle's geometric augmentation, which moves image and target together."""
+    from monai.transforms import Compose
+
+    from ..transforms.synthesis import RandFieldOfViewd, RandMuscleSized, SynthesizeImaged
+
+    return Compose([RandMuscleSized("scene", prob=size_prob), RandFieldOfViewd("scene", prob=fov_prob),
+                    SynthesizeImaged("scene", "image", **synth_kwargs)])
+
+
 class CascadeTrainer:
     """Trains a bundle's stage 1 and stage 2 from a list of labelled cases; writes ``models/``.
 
@@ -188,6 +272,10 @@ class CascadeTrainer:
         dataset: list of ``{"image", "label", "label_map", "sides"}`` (``sides``: ``"right"``,
             ``"left"`` (mirrored), or ``"both"`` (split at the midline, left mirrored)).
         augmentation_stage1 / augmentation_stage2: MONAI dict transforms on keys image/label.
+        synthesis: for ``"synthesize"`` entries, a dict transform on key ``scene`` (a label crop,
+            MetaTensor with the stage grid's spacing) that may change the scene and must add
+            ``image``; None: :func:`default_synthesis`. Its image then gets the bundle's
+            ``intensity`` preprocessing and the augmentation above.
         patch_scale: stage-2 patch = mean training box shape × this, rounded up to the divisor.
         num_threads: torch CPU threads. 1 by default: on a shared, oversubscribed CPU two OpenMP
             threads per process spin-wait for each other (measured here: a 3D U-Net step took
@@ -198,7 +286,7 @@ class CascadeTrainer:
                  stage1_iterations: int = 300, stage2_iterations: int = 300, batch_size: int = 2, lr: float = 1e-3,
                  patch_scale: float = 1.4, max_patch=(96, 96, 64), crop_ratio_range=(1.0, 1.8), divisor: int = 4,
                  seed: int = 0, device: str = "cpu", output_dir: str | None = None, num_threads: int = 1,
-                 distributed: bool = False, stage2_iterations_by_muscle: dict | None = None):
+                 distributed: bool = False, stage2_iterations_by_muscle: dict | None = None, synthesis=None):
         self.parser = read_bundle_config(bundle)
         self.root = Path(self.parser["bundle_root"])
         self.output_dir = Path(output_dir) if output_dir else self.root / "models"
@@ -225,6 +313,13 @@ class CascadeTrainer:
             "intensity": self.parser.get_parsed_content("intensity"),
             "bias_correction": self.parser.get_parsed_content("bias_correction") if self.parser.get("bias_correction") else None,
         }
+        self.synthesis = synthesis if synthesis is not None else default_synthesis()
+        self._structure_lut = structure_lut(self.structures)
+        self._group_lut = np.zeros(256, np.int64)  # structure value -> stage-1 group index
+        for gi, muscles in enumerate(self.groups.values(), start=1):
+            for m in muscles:
+                self._group_lut[right_value(m)] = gi
+        self.losses: dict[str, list[float]] = {}  # what -> loss per iteration
         self._cases = None
 
     # --- data ----------------------------------------------------------------------------------
@@ -235,8 +330,20 @@ class CascadeTrainer:
             for entry in self.dataset:
                 pairs = entry["cases"] if "cases" in entry else load_side_cases(entry)
                 for image, labels in pairs:
-                    self._cases.append(prepare_case(image, labels, self.cascade))
+                    if entry.get("synthesize"):
+                        self._cases.append(prepare_scene(labels, self.cascade, self.structures))
+                    else:
+                        self._cases.append(prepare_case(image, labels, self.cascade))
         return self._cases
+
+    def _synthesize(self, scene, spacing, target_of) -> dict:
+        """One draw from a label crop (1, X, Y, Z): {"image": intensity-normalised synthetic image,
+        "label": target_of(the possibly changed scene)} as plain float tensors."""
+        grid = MetaTensor(torch.as_tensor(scene).round().to(torch.uint8), affine=torch.diag(torch.tensor([*spacing, 1.0])))
+        d = self.synthesis({"scene": grid})
+        image = self.cascade["intensity"](torch.as_tensor(d["image"]).float())
+        target = target_of(np.asarray(torch.as_tensor(d["scene"])[0]).round().astype(np.uint8))
+        return {"image": _plain(image).float(), "label": torch.as_tensor(target[None].astype(np.float32))}
 
     def world_boxes(self, case: dict) -> dict:
         lab = np.asarray(case["label2"][0])
@@ -261,21 +368,25 @@ class CascadeTrainer:
 
     # --- stage 1 -------------------------------------------------------------------------------
     def group_target(self, case: dict) -> torch.Tensor:
-        lab = np.asarray(case["label1"][0])
-        out = np.zeros(lab.shape, np.int64)
-        for gi, muscles in enumerate(self.groups.values(), start=1):
-            for m in muscles:
-                out[lab == right_value(m)] = gi
-        return torch.as_tensor(out[None])
+        return torch.as_tensor(self._group_lut[np.asarray(case["label1"][0]).astype(np.int64)][None])
 
     def train_stage1(self) -> Path:
         network = self.parser.get_parsed_content("stage1_network").to(self.device)
         roi = tuple(self.parser["stage1_roi"])
-        samples = [{"image": _plain(c["image1"]), "label": self.group_target(c).float()} for c in self.cases]
-        pad, crop = SpatialPadd(["image", "label"], roi), RandSpatialCropd(["image", "label"], roi, random_size=False)
+        samples = [{"scene": _plain(c["scene1"])} if "scene1" in c else
+                   {"image": _plain(c["image1"]), "label": self.group_target(c).float()} for c in self.cases]
+        keys = ["image", "label", "scene"]
+        pad = SpatialPadd(keys, roi, allow_missing_keys=True)
+        crop = RandSpatialCropd(keys, roi, random_size=False, allow_missing_keys=True)
+        spacing = self.cascade["stage1_spacing"]
+
+        def groups_of(scene):
+            return self._group_lut[self._structure_lut[scene]]
 
         def sample(rng):
             d = crop(pad(dict(samples[rng.integers(len(samples))])))
+            if "scene" in d:
+                d = self._synthesize(d["scene"], spacing, groups_of)
             return self.aug1(d) if self.aug1 is not None else d
 
         self._fit(network, sample, self.stage1_iterations, "stage 1")
@@ -292,22 +403,30 @@ class CascadeTrainer:
         for c in self.cases:
             mask = np.asarray(c["label2"][0]) == v
             box = box_from_mask(mask)
-            if box is not None:
-                items.append((c["image2"], torch.as_tensor(mask[None].astype(np.float32)), box))
+            if box is not None:  # a scene stands in for the image: the draw makes image and mask from it
+                image = c["scene2"] if "scene2" in c else c["image2"]
+                items.append((image, torch.as_tensor(mask[None].astype(np.float32)), box, "scene2" in c))
+        spacing = self.cascade["stage2_spacing"]
+
+        def mask_of(scene):
+            return (self._structure_lut[scene] == v).astype(np.float32)
         pad = SpatialPadd(["image", "label"], patch)
         crop = RandSpatialCropd(["image", "label"], patch, random_size=False)
         from .boxes import enlarge_box
 
         def sample(rng):
-            image, mask, box = items[rng.integers(len(items))]
+            image, mask, box, is_scene = items[rng.integers(len(items))]
             shape = tuple(image.shape[1:])
             enlarged = enlarge_box(box, shape, rng, self.crop_ratio_range)
             # crop with a context margin so rotations/elastic warps pull in real tissue, not zeros
             margin = [max(2, s // 4) for s in enlarged.shape]
             outer = Box(tuple(a - m for a, m in zip(enlarged.start, margin)),
                         tuple(b + m for b, m in zip(enlarged.stop, margin))).clip(shape)
-            d = {"image": _plain(image[(slice(None), *outer.slices)]).clone(),
-                 "label": mask[(slice(None), *outer.slices)].clone()}
+            if is_scene:
+                d = self._synthesize(_plain(image[(slice(None), *outer.slices)]), spacing, mask_of)
+            else:
+                d = {"image": _plain(image[(slice(None), *outer.slices)]).clone(),
+                     "label": mask[(slice(None), *outer.slices)].clone()}
             if self.aug2 is not None:
                 d = self.aug2(d)
             inner = tuple(slice(a - o, b - o) for a, b, o in zip(enlarged.start, enlarged.stop, outer.start))
@@ -328,6 +447,8 @@ class CascadeTrainer:
     def _fit(self, network, sample, iterations: int, what: str):
         set_determinism(self.seed + self.rank)
         rng = np.random.default_rng(self.seed + self.rank)
+        if hasattr(self.synthesis, "set_random_state"):  # MONAI randomisables keep their own generator
+            self.synthesis.set_random_state(self.seed + self.rank)
         module = network
         if self.distributed:
             network = torch.nn.parallel.DistributedDataParallel(network)
@@ -339,6 +460,7 @@ class CascadeTrainer:
         track_meta = get_track_meta()
         set_track_meta(False)
         t0, running = time.time(), []
+        self.losses[what] = running
         for it in range(iterations):
             batch = [sample(rng) for _ in range(self.batch_size)]
             x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(self.device)

@@ -1,0 +1,115 @@
+"""Training the cascade from the anatomical atlas by synthesis (issue 15, item 3): label scenes
+of the completed Visible Human legs, a new synthetic image every draw. Coarse grids and tiny
+networks: this checks the wiring and that learning happens, not the model's quality."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.utils import set_determinism
+
+from muscle_pipeline import labels as L
+from muscle_pipeline.atlas import training_entries
+from muscle_pipeline.cascade.model import right_value
+from muscle_pipeline.cascade.training import CascadeTrainer, load_side_cases, structure_lut
+from test_cascade_training import narrowed_bundle
+
+# a thigh muscle, a calf muscle and a Ni muscle the atlas draws as two (gemelli -> external_rotators)
+MUSCLES = ["vastus_lateralis", "soleus", "external_rotators"]
+SPACING = 6.0
+
+
+@pytest.fixture(scope="module")
+def entries(shared_data, tmp_path_factory):
+    return training_entries(spacing=SPACING, cache_dir=tmp_path_factory.mktemp("atlas_cache"),
+                            root=shared_data / "visible_human_lower_limb")
+
+
+@pytest.fixture(scope="module")
+def atlas_bundle(tmp_path_factory):
+    return narrowed_bundle(tmp_path_factory.mktemp("bundle") / "lower_limb_35", MUSCLES, [12.0, 12.0, 12.0], [6.0, 6.0, 6.0])
+
+
+def test_entries_are_the_four_completed_legs(entries):
+    assert [(e["subject"], e["sides"]) for e in entries] == [("VHF", "left"), ("VHF", "right"), ("VHM", "left"), ("VHM", "right")]
+    assert all(e["synthesize"] and e["label"].endswith(".nii.gz") for e in entries)
+
+
+def test_left_leg_scene_looks_like_a_right_leg_and_keeps_its_tissues(entries):
+    """A left leg is mirrored in world x and its values become right-side values; fat, skin and
+    the generation-only tissues stay (they make the image), so the scene is complete."""
+    (scene, labels), = load_side_cases(entries[0])
+    assert scene is labels or torch.equal(scene.as_tensor(), labels.as_tensor())
+    lab = np.asarray(labels[0])
+    values = set(np.unique(lab).tolist())
+    assert not any(L.label(v).side == "left" for v in values if 0 < v < 200)
+    assert {L.value_of("subcutaneous_fat"), L.value_of("skin"), L.value_of("femur_right")} <= values
+    assert any(v >= 200 for v in values)  # cartilage / ligament / other bone, generation only
+    # right-leg looking: vastus lateralis lateral (+x in RAS) of the femur, as in a right leg
+    affine = np.asarray(labels.affine, float)
+
+    def mean_x(value):
+        idx = np.argwhere(lab == value).astype(float)
+        return float((idx @ affine[:3, :3].T + affine[:3, 3])[:, 0].mean())
+
+    assert mean_x(L.value_of("vastus_lateralis_right")) > mean_x(L.value_of("femur_right")) + 10
+
+
+def test_structure_lut_merges_finer_atlas_muscles_into_the_bundle_structure():
+    lut = structure_lut(MUSCLES)
+    assert lut[L.value_of("gemellus_superior_right")] == right_value("external_rotators")
+    assert lut[L.value_of("gemellus_inferior_left")] == right_value("external_rotators") + L.LEFT_OFFSET
+    assert lut[L.value_of("vastus_lateralis_right")] == right_value("vastus_lateralis")
+    assert lut[L.value_of("subcutaneous_fat")] == 0 and lut[L.value_of("femur_right")] == 0 and lut[200] == 0
+
+
+def test_synthetic_training_draws_new_images_and_lowers_the_loss(atlas_bundle, entries, tmp_path):
+    set_determinism(seed=0)
+    train_config = ConfigParser()
+    train_config.read_config(str(atlas_bundle / "configs" / "train.json"))
+    trainer = CascadeTrainer(atlas_bundle, entries, train_config.get_parsed_content("augmentation_stage1"),
+                             train_config.get_parsed_content("augmentation_stage2"), stage1_iterations=60,
+                             stage2_iterations=40, lr=0.01, max_patch=(32, 32, 32), output_dir=str(tmp_path))
+    # two draws from the same crop give different images with the same target grid
+    case = trainer.cases[0]
+    crop = case["scene1"].as_tensor()
+    a = trainer._synthesize(crop, [12.0] * 3, lambda s: s)
+    b = trainer._synthesize(crop, [12.0] * 3, lambda s: s)
+    assert a["image"].shape == b["image"].shape == crop.shape
+    assert not torch.allclose(a["image"], b["image"])
+    assert float(a["image"].std()) > 0
+
+    written = trainer.run(stage=1) + trainer.run(stage=2, muscle="vastus_lateralis")
+    set_determinism(seed=None)
+    assert {p.name for p in written} == {"stage1.pt", "stage2_vastus_lateralis.pt"}
+    for what, losses in trainer.losses.items():
+        first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+        assert last < 0.9 * first, (what, first, last)
+
+
+def test_train_atlas_config_runs_from_the_command_line(shared_data, tmp_path):
+    """``train.json`` + ``train_atlas.json`` through ``monai.bundle run``: the atlas legs are the
+    data list, images are synthesised, weights go where ``--output_dir`` says (by default under
+    ``runs/``, never into the shipped bundle)."""
+    import subprocess
+    import sys
+
+    from test_cascade_training import REPO
+
+    configs = REPO / "bundles" / "lower_limb_35" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "train_atlas.json")])
+    assert parser["trainer"]["synthesis"] == "@synthesis"
+    assert "runs/lower_limb_35_atlas" in parser["output_dir"] and "bundle_root" not in parser["output_dir"]
+
+    out = tmp_path / "weights"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           f"['{configs / 'train.json'}','{configs / 'train_atlas.json'}']", "--meta_file", str(configs / "metadata.json"),
+           "--data_root", str(shared_data), "--atlas_cache", str(tmp_path / "cache"), "--atlas_spacing", "6.0",
+           "--atlas_subjects", "['VHF']", "--output_dir", str(out), "--stage", "1", "--trainer#stage1_iterations", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "stage1.pt").is_file() and (out / "cascade.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.nii.gz")) == [
+        "VHF_6mm_v1_left.nii.gz", "VHF_6mm_v1_right.nii.gz", "VHF_6mm_v1_scene.nii.gz"]
