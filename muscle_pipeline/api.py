@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -241,11 +242,37 @@ def batch_exit_code(results: list[CaseResult]) -> int:
     return BatchReport(results, "").exit_code
 
 
-def train(*args, **kwargs):
-    """Train a cascade bundle; see ``muscle_pipeline.cascade.training`` and the bundle docs."""
-    from muscle_pipeline.cascade import training
+def train(bundle: str | os.PathLike, output_dir: str | os.PathLike | None = None, configs=(), **overrides) -> Path:
+    """Train a bundle: its ``configs/train.json`` through MONAI's bundle runner, so every
+    override works as on the ``monai.bundle run`` command line.
 
-    return training.main(*args, **kwargs)
+    ``bundle``: a shipped bundle name or a bundle folder given as a path. ``configs``: more
+    config files merged after ``train.json``, by name in the bundle's ``configs/`` (``"train_atlas"``,
+    ``"multi_gpu_train"``) or by path. ``overrides``: config ids and values, nested ids with ``#``
+    (``**{"trainer#stage1_iterations": 500}``, ``stage=1``, ``dataset=[...]``). Weights go to
+    ``output_dir`` (default ``runs/<bundle name>`` under the working directory), never into the
+    shipped bundle unless it is named. Returns the output folder::
+
+        mp.train("lower_limb_35", "runs/ll35", configs=["train_atlas"], stage=1)
+    """
+    from monai.bundle import run as bundle_run
+
+    from muscle_pipeline.errors import ModelError
+    from muscle_pipeline.routing import resolve_bundle
+
+    root = resolve_bundle(bundle)
+    files = [root / "configs" / "train.json"]
+    for extra in [configs] if isinstance(configs, (str, os.PathLike)) else configs:
+        named = root / "configs" / f"{extra}.json"
+        path = named if named.is_file() else Path(extra)
+        if not path.is_file():
+            raise ModelError(f"bundle {root.name}: no config {extra!r} (looked for {named} and {path})")
+        files.append(path)
+    out = Path(output_dir if output_dir is not None else Path("runs") / root.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bundle_run(run_id="run", config_file=[str(f) for f in files], meta_file=str(root / "configs" / "metadata.json"),
+               bundle_root=str(root), output_dir=str(out), **overrides)
+    return out
 
 
 def evaluate(pairs, out_dir, labels=None):

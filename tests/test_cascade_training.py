@@ -109,3 +109,33 @@ def test_multi_gpu_train_config_runs_under_torchrun_with_gloo(tiny_bundle, phant
     assert (out / "stage1.pt").is_file() and all((out / f"stage2_{m}.pt").is_file() for m in MUSCLES)
     state = torch.load(out / "stage1.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved without the DDP wrapper
+
+
+def test_train_command_runs_a_bundle_with_overrides_and_writes_outside_it(tiny_bundle, phantom_entry, tmp_path, capsys):
+    """``muscle-pipeline train``: train.json through MONAI's runner, every --set reaches the
+    config (stage=1 trains stage 1 only; the iteration counts and data list are ours), weights go
+    to -o and the bundle folder gets none."""
+    from muscle_pipeline.cli import main
+
+    out = tmp_path / "weights"
+    status = main(["train", str(tiny_bundle), "-o", str(out), "--set", "stage=1",
+                   "--set", f"dataset=[{phantom_entry!r}]", "--set", "trainer#stage1_iterations=3",
+                   "--set", "trainer#max_patch=[32, 32, 16]"])
+    assert status == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["cascade.json", "stage1.pt"]
+    assert not (tiny_bundle / "models").exists()
+    assert str(out) in capsys.readouterr().out
+
+
+def test_train_api_names_what_it_cannot_find(tmp_path, monkeypatch):
+    import muscle_pipeline as mp
+    from muscle_pipeline.cli import main
+    from muscle_pipeline.errors import ModelError
+
+    with pytest.raises(ModelError, match="no config 'no_such_config'"):
+        mp.train("lower_limb_35", tmp_path / "out", configs=["no_such_config"])
+    monkeypatch.chdir(tmp_path)  # a folder named like a bundle is not a bundle name
+    (tmp_path / "calf_mri" / "configs").mkdir(parents=True)
+    with pytest.raises(ModelError, match="no shipped bundle"):
+        mp.train("calf_mri_x", tmp_path / "out")
+    assert main(["train", "lower_limb_35", "--set", "no_equals_sign"]) == 1
