@@ -161,3 +161,23 @@ def test_shipped_hip_ct_segments_the_real_ct(shared_data):
         pred = np.asarray(model.predict(image))
         scores = {m: float(dice(pred, np.asarray(labels[0]), right_value(m))) for m in model.structures}
         assert np.mean(list(scores.values())) >= HIP_RIGHT_SIDE_FLOOR, scores
+
+
+@pytest.mark.parametrize("bundle", ["calf_mri", "hip_ct"])
+def test_overrides_reach_the_built_cascade(bundle):
+    """``load_cascade`` builds the model from the parsed config (the bundle's ``cascade`` item), so an
+    override is what runs, not what inference.json says on disk."""
+    default = load_cascade(bundle)
+    model = load_cascade(bundle, n_jitter=2, fusion_threshold=0.3, box_margin_mm=1.5, postprocess=False)
+    assert (default.refiner.n_jitter, default.threshold) == (6, 0.5)
+    assert (model.refiner.n_jitter, model.threshold, model.localizer.margin_mm, model.postprocess) == (2, 0.3, 1.5, False)
+
+
+def test_command_line_override_changes_what_the_calf_bundle_writes(calf_model, shared_data, tmp_path):
+    """``monai.bundle run ... --fusion_threshold 0.95`` (was ignored: the model re-read inference.json)
+    keeps only the surest voxels: fewer labelled voxels than the default 0.5."""
+    image_path, _ = calf_paths(shared_data)
+    default = np.asarray(_run_calf_bundle(image_path, tmp_path / "default.nii.gz", tmp_path).dataobj)
+    strict = np.asarray(_run_calf_bundle(image_path, tmp_path / "strict.nii.gz", tmp_path,
+                                         "--fusion_threshold", "0.95", "--postprocess", "False").dataobj)
+    assert 0 < (strict > 0).sum() < 0.95 * (default > 0).sum()

@@ -197,3 +197,19 @@ def test_bundle_metadata_and_inference_run(tmp_path, shared_data):
     assert np.allclose(np.asarray(written.affine), np.asarray(image.affine), atol=1e-4)
     values = set(np.unique(written.numpy()).astype(int))
     assert {right_value("gluteus_maximus"), right_value("femur")} <= values
+
+
+def test_config_overrides_reach_the_model():
+    """What ``monai.bundle run ... --views "['axial']" --spacing_mm 3`` does to the parsed config reaches
+    the built model (the model item passes its parsed values instead of re-reading inference.json)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    default = parser.get_parsed_content("model")
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["views"], parser["spacing_mm"], parser["sw_batch_size"] = ["axial"], 3.0, 4
+    model = parser.get_parsed_content("model")
+    assert set(default.networks) == {"sagittal", "coronal", "axial"} and default.preprocess.spacing_mm == 2.0
+    assert set(model.networks) == {"axial"} and model.preprocess.spacing_mm == 3.0 and model.sw_batch_size == 4

@@ -27,7 +27,7 @@ from .refine import Refiner
 # Our affines are voxel -> RAS+ mm; say so rather than rely on the MetaTensor's "space" (MONAI 1.6 warns).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
-__all__ = ["CascadeModel", "load_cascade", "bundle_path", "read_bundle_config", "right_value"]
+__all__ = ["CascadeModel", "build_cascade", "load_cascade", "bundle_path", "read_bundle_config", "right_value"]
 
 log = logging.getLogger(__name__)
 
@@ -194,34 +194,59 @@ def _as_meta(image) -> MetaTensor:
     return MetaTensor(torch.as_tensor(image, dtype=torch.float32))
 
 
+def build_cascade(structures, modality: str, stage1_spacing, stage2_spacing, stage1_roi, stage1_network,
+                  stage2_network, intensity, bias_correction=None, models_dir: str | os.PathLike = "models",
+                  device: str | torch.device = "cpu", stage1_threshold: float = 0.5, box_margin_mm: float = 6.0,
+                  n_jitter: int = 6, jitter_ratio_range=(1.0, 1.8), overlap: float = 0.25, sw_batch_size: int = 2,
+                  fusion_threshold: float = 0.5, postprocess: bool = True, closing_mm: float = 3.0,
+                  memory_budget_mb: float | None = 512, seed: int = 0) -> CascadeModel:
+    """The trained cascade from parsed config values: what a bundle's ``inference.json`` item
+    ``cascade`` calls (``"_target_": "muscle_pipeline.cascade.build_cascade"``, every argument an
+    ``@id``), so ``monai.bundle run ... --n_jitter 2`` changes what runs.
+
+    ``stage1_network``: a network; ``stage2_network``: a factory (``"_mode_": "callable"``), one
+    network per structure; weights from ``models_dir`` (``stage1.pt``, ``stage2_<muscle>.pt``,
+    ``cascade.json`` with box priors and patch sizes)."""
+    models = Path(models_dir)
+    meta = json.loads((models / "cascade.json").read_text())
+    structures = list(structures)
+    stage1_network.load_state_dict(torch.load(models / "stage1.pt", map_location="cpu", weights_only=True))
+    localizer = Localizer(stage1_network.to(device), BoxPriors.from_dict(meta["priors"]), stage1_roi,
+                          sw_batch_size=sw_batch_size, overlap=overlap, threshold=stage1_threshold,
+                          margin_mm=box_margin_mm)
+    networks = {}
+    for m in structures:
+        net = stage2_network()
+        net.load_state_dict(torch.load(models / f"stage2_{m}.pt", map_location="cpu", weights_only=True))
+        networks[m] = net.to(device)
+    refiner = Refiner(networks, meta["patch_sizes"], n_jitter=n_jitter, ratio_range=jitter_ratio_range, overlap=overlap,
+                      sw_batch_size=max(2, n_jitter), seed=seed)
+    return CascadeModel(structures, modality, localizer, refiner, stage1_spacing, stage2_spacing, intensity,
+                        bias_correction, threshold=fusion_threshold, postprocess=postprocess, closing_mm=closing_mm,
+                        memory_budget_mb=memory_budget_mb)
+
+
 def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu",
-                 models_dir: str | os.PathLike | None = None) -> CascadeModel:
-    """Build the trained cascade of a bundle (name such as ``"calf_mri"`` or a folder path).
+                 models_dir: str | os.PathLike | None = None, **overrides) -> CascadeModel:
+    """Build the trained cascade of a bundle (name such as ``"calf_mri"`` or a folder path) from its
+    parsed ``inference.json``: ``overrides`` set config ids first (``n_jitter=2``,
+    ``fusion_threshold=0.3``, ``"stage2_network#channels"``), exactly as on the bundle command line.
 
     ``models_dir``: weights folder other than the bundle's ``models/`` (e.g. a fresh training run).
     """
     parser = read_bundle_config(bundle)
-    root = Path(parser["bundle_root"])
-    models = Path(models_dir) if models_dir is not None else root / "models"
-    meta = json.loads((models / "cascade.json").read_text())
-    structures = list(parser["structures"])
-    priors = BoxPriors.from_dict(meta["priors"])
-    stage1 = parser.get_parsed_content("stage1_network")
-    stage1.load_state_dict(torch.load(models / "stage1.pt", map_location="cpu", weights_only=True))
-    localizer = Localizer(stage1.to(device), priors, parser["stage1_roi"], sw_batch_size=parser.get("sw_batch_size", 2),
-                          overlap=parser.get("overlap", 0.25), threshold=parser.get("stage1_threshold", 0.5),
-                          margin_mm=parser.get("box_margin_mm", 6.0))
-    make_stage2 = parser.get_parsed_content("stage2_network")  # "_mode_": "callable" → a factory
-    networks = {}
-    for m in structures:
-        net = make_stage2()
-        net.load_state_dict(torch.load(models / f"stage2_{m}.pt", map_location="cpu", weights_only=True))
-        networks[m] = net.to(device)
-    refiner = Refiner(networks, meta["patch_sizes"], n_jitter=parser.get("n_jitter", 6),
-                      ratio_range=parser.get("jitter_ratio_range", (1.0, 1.8)), overlap=parser.get("overlap", 0.25),
-                      sw_batch_size=max(2, parser.get("n_jitter", 6)), seed=parser.get("seed", 0))
-    bias = parser.get_parsed_content("bias_correction") if parser.get("bias_correction") else None
-    return CascadeModel(structures, parser["modality"], localizer, refiner, parser["stage1_spacing"],
-                        parser["stage2_spacing"], parser.get_parsed_content("intensity"), bias,
-                        threshold=parser.get("fusion_threshold", 0.5), postprocess=parser.get("postprocess", True),
-                        closing_mm=parser.get("closing_mm", 3.0), memory_budget_mb=parser.get("memory_budget_mb", 512))
+    parser["device"] = str(device)
+    if models_dir is not None:
+        parser["models_dir"] = str(models_dir)
+    for key, value in overrides.items():
+        parser[key] = value
+    if isinstance(parser.get("cascade"), dict):
+        return parser.get_parsed_content("cascade")
+    # a bundle copied before build_cascade existed: its "cascade" item calls load_cascade itself
+    keys = ("structures", "modality", "stage1_spacing", "stage2_spacing", "stage1_roi", "stage1_network",
+            "stage2_network", "intensity", "bias_correction", "stage1_threshold", "box_margin_mm", "n_jitter",
+            "jitter_ratio_range", "overlap", "sw_batch_size", "fusion_threshold", "postprocess", "closing_mm",
+            "memory_budget_mb", "seed")
+    values = {k: parser.get_parsed_content(k) for k in keys if k in parser}
+    models = parser.get_parsed_content("models_dir") if "models_dir" in parser else Path(parser["bundle_root"]) / "models"
+    return build_cascade(models_dir=models, device=device, **values)

@@ -156,13 +156,18 @@ def _preprocess_from(parser) -> ThighCTPreprocess:
 
 
 def load_model(bundle: str | os.PathLike = "thigh_ct_25d", device: str | torch.device = "cpu",
-               models_dir: str | os.PathLike | None = None, kind: str = "25d") -> ThighCTModel:
+               models_dir: str | os.PathLike | None = None, kind: str = "25d", **overrides) -> ThighCTModel:
     """Build a trained model of a bundle (name such as ``"thigh_ct_25d"`` or a folder).
 
     ``models_dir``: weights other than the bundle's ``models/`` (e.g. a fresh training run or
     ``models/heldout``). ``kind``: "25d" (the bundle's model), or the baselines "2d" / "3d".
+    ``overrides``: config ids set before anything is built (``spacing_mm=3.0``, ``views=["axial"]``);
+    the bundle's ``inference.json`` passes its own parsed values this way, so that command-line
+    overrides of ``monai.bundle run`` reach the model.
     """
     parser = read_bundle_config(bundle_path(bundle))
+    for key, value in overrides.items():
+        parser[key] = value
     models = Path(models_dir) if models_dir is not None else Path(parser["bundle_root"]) / "models"
     # the weights define the classes: a training run records its structures beside them
     info = models / "train_info.json"
