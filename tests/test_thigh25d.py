@@ -213,3 +213,27 @@ def test_config_overrides_reach_the_model():
     model = parser.get_parsed_content("model")
     assert set(default.networks) == {"sagittal", "coronal", "axial"} and default.preprocess.spacing_mm == 2.0
     assert set(model.networks) == {"axial"} and model.preprocess.spacing_mm == 3.0 and model.sw_batch_size == 4
+
+
+def test_whole_scan_through_the_bundle_names_each_femur_by_its_side(shared_data, tmp_path):
+    """The bundle's own segment_file on the whole pelvis CT (both legs): legs are split and the left
+    one mirrored, as in the segment job. It used to feed the whole scan to the one-leg model and
+    call the left femur ``femur_right``."""
+    from muscle_pipeline.io import read_image
+    from muscle_pipeline.labels import value_of
+    from muscle_pipeline.thigh25d import load_model
+
+    source = shared_data / "totalsegmentator" / "ct_abdomen_pelvis" / "example_ct.nii.gz"
+    out = load_model("thigh_ct_25d").segment_file(source, tmp_path / "seg.nii.gz")
+    labels = read_image(out)
+    values = labels.numpy().astype(int)
+    affine = np.asarray(labels.affine, float)
+
+    def world_x(value):
+        idx = np.argwhere(values == value).astype(float)
+        assert len(idx), f"no {value}"
+        return float((idx @ affine[:3, :3].T + affine[:3, 3])[:, 0].mean())
+
+    right, left = world_x(value_of("femur_right")), world_x(value_of("femur_left"))
+    assert left < right - 50  # RAS: the subject's left at smaller x, femora ~15-20 cm apart
+    assert world_x(value_of("gluteus_maximus_left")) < world_x(value_of("gluteus_maximus_right"))

@@ -101,13 +101,20 @@ class ThighCTModel:
         meta = {k: v for k, v in image4.meta.items() if k != "affine"}
         return MetaTensor(labels, affine=image4.affine.clone(), meta=meta)
 
-    def segment_file(self, image_path: str | os.PathLike, output_path: str | os.PathLike) -> str:
-        """Read one (right-looking) leg image, predict, write its label map on the input grid."""
+    def segment_file(self, image_path: str | os.PathLike, output_path: str | os.PathLike, side: str | None = None) -> str:
+        """Segment a scan file (one leg or both, any side) and write its label map on the input grid,
+        through the segment job's side handling as the cascade bundles do
+        (:func:`muscle_pipeline.segmentation.segment_image`): legs are split, a left leg is mirrored
+        before the model sees it and gets LEFT ontology values. ``side`` names the leg of a
+        single-leg scan whose position would not."""
         from muscle_pipeline.io import read_image, write_label_map
+        from muscle_pipeline.segmentation import segment_image
 
         image = read_image(str(image_path))
-        labels = self.predict(image)
-        return str(write_label_map(labels, image, output_path))
+        result = segment_image(image, self, side=side or None)
+        for warning in result.warnings:
+            log.warning("%s: %s", image_path, warning)
+        return str(write_label_map(result.labels.numpy().astype(np.uint8), image, output_path))
 
 
 class SliceEnsembleModel(ThighCTModel):
