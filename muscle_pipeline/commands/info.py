@@ -16,7 +16,6 @@ import json
 import sys
 
 from muscle_pipeline.errors import MusclePipelineError
-from muscle_pipeline.io import SkippedFile, discover, orientation_code, read_image, voxel_spacing
 
 PROG = "muscle-pipeline info"
 
@@ -35,7 +34,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    skipped: list[SkippedFile] = []
+    # imported here: building the CLI parser (--help, every other command) must not load torch/MONAI
+    from muscle_pipeline.io import discover, read_image
+
+    skipped: list = []
     try:
         cases = discover(args.paths, skipped)
     except MusclePipelineError as exc:
@@ -58,6 +60,8 @@ def run(args) -> int:
 
 def case_summary(case, image) -> dict:
     """The JSON-ready description of one read case."""
+    from muscle_pipeline.io import orientation_code, voxel_spacing
+
     values = image.as_tensor()
     return {
         "case_id": case.case_id,
