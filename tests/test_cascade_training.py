@@ -115,12 +115,21 @@ def test_train_command_runs_a_bundle_with_overrides_and_writes_outside_it(tiny_b
     """``muscle-pipeline train``: train.json through MONAI's runner, every --set reaches the
     config (stage=1 trains stage 1 only; the iteration counts and data list are ours), weights go
     to -o and the bundle folder gets none."""
+    import logging
+
     from muscle_pipeline.cli import main
 
     out = tmp_path / "weights"
-    status = main(["train", str(tiny_bundle), "-o", str(out), "--set", "stage=1",
-                   "--set", f"dataset=[{phantom_entry!r}]", "--set", "trainer#stage1_iterations=3",
-                   "--set", "trainer#max_patch=[32, 32, 16]"])
+    # MONAI's runner applies the bundle's logging.conf (a handler on the stream pytest captures for
+    # this test only): put the root logger back afterwards, or later tests log into a closed stream
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        status = main(["train", str(tiny_bundle), "-o", str(out), "--set", "stage=1",
+                       "--set", f"dataset=[{phantom_entry!r}]", "--set", "trainer#stage1_iterations=3",
+                       "--set", "trainer#max_patch=[32, 32, 16]"])
+    finally:
+        root.handlers[:], root.level = handlers, level
     assert status == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["cascade.json", "stage1.pt"]
     assert not (tiny_bundle / "models").exists()
