@@ -63,17 +63,13 @@ REGION_OF_GROUP = {"gluteal": "hip", "iliopsoas": "hip", "deep_hip_rotators": "h
                    "posterior_leg_superficial": "calf", "posterior_leg_deep": "calf", "anterolateral_leg": "calf"}
 
 
-def train(iterations: int) -> CascadeTrainer:
+def make_trainer(iterations: int) -> CascadeTrainer:
+    """The trainer of train.json + train_atlas.json, weights into WORK."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_atlas.json")])
-    parser["data_root"] = str(DATA)
-    parser["output_dir"] = str(WORK)
+    parser["data_root"], parser["output_dir"] = str(DATA), str(WORK)
     parser["trainer"]["stage1_iterations"] = iterations
-    trainer = parser.get_parsed_content("trainer")
-    t0 = time.time()
-    trainer.run(stage=1)
-    trainer.train_seconds = time.time() - t0
-    return trainer
+    return parser.get_parsed_content("trainer")
 
 
 def localizer_of(trainer: CascadeTrainer) -> Localizer:
@@ -101,15 +97,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
 
-    if args.skip_training:
-        parser = ConfigParser()
-        parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_atlas.json")])
-        parser["data_root"], parser["output_dir"] = str(DATA), str(WORK)
-        parser["trainer"]["stage1_iterations"] = args.iterations
-        trainer = parser.get_parsed_content("trainer")
-        trainer.train_seconds = None
-    else:
-        trainer = train(args.iterations)
+    trainer = make_trainer(args.iterations)
+    trainer.train_seconds = None
+    if not args.skip_training:
+        t0 = time.time()
+        trainer.run(stage=1)
+        trainer.train_seconds = time.time() - t0
     localizer = localizer_of(trainer)
     groups = list(trainer.groups)
     # group index -> a display value (the group's first muscle) for the QC legend's colours
