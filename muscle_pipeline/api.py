@@ -275,11 +275,17 @@ def train(bundle: str | os.PathLike, output_dir: str | os.PathLike | None = None
     return out
 
 
-def evaluate(pairs, out_dir, labels=None):
-    """Dice/ASD/HD95/volume error of predicted vs reference label maps; writes CSV + box plot."""
+def evaluate(pairs, out_dir, labels=None, reference_map=None, distances=True):
+    """Dice/ASD/HD95/volume error of predicted vs reference label maps; writes CSV + box plot.
+
+    ``reference_map``: the references keep a source dataset's numbers (a dataset map name such as
+    ``"totalsegmentator_total"``, or ``{value: ontology name}``): they are mapped to the ontology
+    first; structures they do not label are not scored (``rows.not_scored``, ``not_scored.csv``)
+    and structures they label that a prediction lacks score 0. An unknown name raises UsageError.
+    """
     from muscle_pipeline.evaluation import evaluate_pairs
 
-    return evaluate_pairs(pairs, labels, out_dir)
+    return evaluate_pairs(pairs, labels, out_dir, distances=distances, reference_map=reference_map)
 
 
 def summary_json(results: list[CaseResult]) -> str:

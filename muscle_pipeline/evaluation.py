@@ -23,6 +23,19 @@ Prediction and reference must share the voxel grid (shape and affine); otherwise
 :class:`~muscle_pipeline.errors.InputError` names both files. Label names come from the ontology
 (:mod:`muscle_pipeline.labels`) unless ``label_names`` is given (e.g. a source dataset's own
 values: ``muscle_pipeline.datasets.dataset_map("totalsegmentator_total")``).
+
+**A reference in a dataset's own numbers** (``reference_map="totalsegmentator_total"``, or a dict
+``{source value: ontology name}``): the reference is mapped to ontology values first (values the
+map does not name, e.g. organs, become background), and the prediction is read as ontology values.
+Only the structures that the map can label are scored: a predicted structure the reference does
+not label (a thigh muscle against TotalSegmentator) is listed in ``not_scored.csv`` and on the
+returned rows' ``not_scored``, not scored as a false positive; a structure the reference has and
+the prediction lacks scores Dice 0. A predicted part of a structure the reference labels only as
+a whole (iliacus and psoas major against TotalSegmentator's iliopsoas) is scored as that whole.
+
+``evaluate_datalist(model, entries, out_dir)`` runs a model through the segment job on a list of
+``{"image", "label", "label_map", ...}`` entries (what a bundle's ``configs/evaluate.json``
+declares) and scores each the same way, only on the structures the model segments.
 """
 from __future__ import annotations
 
@@ -37,11 +50,12 @@ import nibabel as nib
 import numpy as np
 
 from muscle_pipeline import labels as ontology
-from muscle_pipeline.errors import CorruptFileError, InputError, NoCasesFoundError, UnsupportedImageError
+from muscle_pipeline.errors import CorruptFileError, InputError, NoCasesFoundError, UnsupportedImageError, UsageError
 from muscle_pipeline.io.discover import image_format, strip_image_suffix
 from muscle_pipeline.metrics import METRIC_KEYS, segmentation_metrics
 
 ROW_KEYS = ("case", "label", "name", *METRIC_KEYS)
+NOT_SCORED_KEYS = ("case", "label", "name", "volume_pred_ml", "volume_ref_ml", "reason")
 SUMMARY_METRICS = ("dice", "asd_mm", "hd95_mm", "volume_error_pct")
 # Largest difference (mm) between the affines of prediction and reference still called "same grid"
 # (NIfTI stores the affine in float32: ~1e-5 mm at typical origins, far below this).
@@ -50,6 +64,16 @@ GRID_TOLERANCE_MM = 1e-3
 CASE_FOLDER_FILE = "segmentation"
 
 Pairs = Sequence[tuple[str | Path, str | Path]] | Mapping[str, tuple[str | Path, str | Path]]
+ReferenceMap = str | Mapping[int, str] | None
+
+
+class EvaluationRows(list):
+    """The rows of ``metrics.csv`` (a plain list of dicts) plus ``not_scored``: one dict per case
+    and structure left out or merged, with the reason (keys ``NOT_SCORED_KEYS``)."""
+
+    def __init__(self, rows: Iterable[dict] = (), not_scored: Iterable[dict] = ()):
+        super().__init__(rows)
+        self.not_scored: list[dict] = list(not_scored)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +200,89 @@ def _as_case_pairs(pairs: Pairs) -> dict[str, tuple[Path, Path]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# References in a source dataset's own numbers
+def resolve_reference_map(reference_map: ReferenceMap) -> tuple[str, dict[int, int]]:
+    """``(name, {source value: ontology value})`` of a dataset map name or a dict
+    ``{source value: ontology name}``. An unknown dataset name or ontology name raises
+    :class:`~muscle_pipeline.errors.UsageError` listing what exists."""
+    from muscle_pipeline import datasets
+
+    if isinstance(reference_map, str):
+        if reference_map not in datasets.available_datasets():
+            raise UsageError(f"unknown reference map {reference_map!r}: not a dataset map of muscle_pipeline "
+                             f"(available: {', '.join(datasets.available_datasets())}; see muscle-pipeline labels "
+                             "--list-datasets)")
+        return reference_map, datasets.dataset_ontology_values(reference_map)
+    if isinstance(reference_map, Mapping):
+        values = {}
+        for source, name in reference_map.items():
+            try:
+                values[int(source)] = ontology.value_of(str(name))
+            except KeyError:
+                raise UsageError(f"reference map: {name!r} (for value {source}) is not an ontology name "
+                                 "(see muscle-pipeline labels)") from None
+        return "custom map", values
+    raise UsageError(f"reference map must be a dataset map name or a dict {{value: ontology name}}, "
+                     f"got {type(reference_map).__name__}")
+
+
+def map_reference(array: np.ndarray, values: Mapping[int, int]) -> tuple[np.ndarray, set[int]]:
+    """Source values -> ontology values (uint8); returns ``(mapped, dropped)``: the non-zero source
+    values the map does not name (they become 0)."""
+    present = np.unique(array)
+    dropped = {int(v) for v in present if v != 0 and int(v) not in values}
+    lut = np.zeros(int(present.max()) + 1 if present.size else 1, dtype=np.uint8)
+    for source, value in values.items():
+        if 0 <= source < lut.size:
+            lut[source] = value
+    return lut[array], dropped
+
+
+def covering_value(value: int, labelled: set[int]) -> int | None:
+    """The value in ``labelled`` of the nearest coarser structure that contains ``value``'s
+    structure, same side (iliacus_right -> iliopsoas_right when only iliopsoas is labelled); None
+    if there is none or ``value`` is not an ontology value."""
+    try:
+        start = ontology.label(int(value))
+    except KeyError:
+        return None
+    frontier, seen = [start.structure.name], {start.structure.name}
+    while frontier:
+        wider = []
+        for part in frontier:
+            for whole in ontology.STRUCTURES:
+                if whole.name in seen or part not in ontology.parts_of(whole.name):
+                    continue
+                seen.add(whole.name)
+                wider.append(whole.name)
+                name = f"{whole.name}_{start.side}" if whole.sided and start.side else whole.name
+                try:
+                    candidate = ontology.value_of(name)
+                except KeyError:
+                    continue
+                if candidate in labelled:
+                    return candidate
+        frontier = wider
+    return None
+
+
+def _merge_parts(pred: np.ndarray, labelled: set[int]) -> tuple[np.ndarray, dict[int, int]]:
+    """Prediction with the parts of labelled wholes relabelled to the whole; ``{part: whole}``."""
+    merged: dict[int, int] = {}
+    for value in np.unique(pred):
+        value = int(value)
+        if value and value not in labelled:
+            whole = covering_value(value, labelled)
+            if whole is not None:
+                merged[value] = whole
+    if merged:
+        pred = pred.copy()
+        for part, whole in merged.items():
+            pred[pred == part] = whole
+    return pred, merged
+
+
+# ---------------------------------------------------------------------------------------------
 # Scoring
 def label_name(value: int, label_names: Mapping[int, str] | None = None) -> str:
     """Name of a label value: from ``label_names`` if given, else the ontology ('' if unknown)."""
@@ -194,18 +301,68 @@ def evaluate_case(
     case: str | None = None,
     label_names: Mapping[int, str] | None = None,
     distances: bool = True,
-) -> list[dict]:
-    """Rows (keys ``ROW_KEYS``) of one prediction/reference pair; see :func:`evaluate_pairs`."""
+    reference_map: ReferenceMap = None,
+    scope: Iterable[int] | None = None,
+    scope_reason: str = "not segmented by the model",
+) -> EvaluationRows:
+    """Rows (keys ``ROW_KEYS``) of one prediction/reference pair; see :func:`evaluate_pairs`.
+
+    ``reference_map``: the reference holds a source dataset's values (see the module docstring).
+    ``scope``: ontology values the prediction can hold (e.g. a model's structures); reference
+    structures outside it are not scored (``scope_reason`` says why in ``not_scored``).
+    """
     pred, pred_affine = read_label_map(pred_path)
     ref, ref_affine = read_label_map(ref_path)
     _check_same_grid(pred_path, pred.shape, pred_affine, ref_path, ref.shape, ref_affine)
     spacing = tuple(float(s) for s in np.linalg.norm(ref_affine[:3, :3], axis=0))
-    table = segmentation_metrics(pred, ref, labels, spacing, distances)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     case = case or case_id_of(pred_path)
-    return [
-        {"case": case, "label": value, "name": label_name(value, label_names), **values}
-        for value, values in table.items()
-    ]
+    not_scored: list[dict] = []
+
+    def leave_out(value: int, reason: str) -> None:
+        not_scored.append({"case": case, "label": int(value), "name": label_name(value, label_names),
+                           "volume_pred_ml": float(np.count_nonzero(pred == value)) * voxel_ml,
+                           "volume_ref_ml": float(np.count_nonzero(ref == value)) * voxel_ml, "reason": reason})
+
+    requested = None if labels is None else [int(v) for v in labels]
+    if reference_map is not None:
+        if label_names is not None:
+            raise UsageError("label_names and reference_map exclude each other: with a reference map the values "
+                             "are the ontology's")
+        map_name, values = resolve_reference_map(reference_map)
+        ref, _ = map_reference(ref, values)
+        labelled = set(values.values()) - {0}
+        if scope is not None:  # a model's part of a labelled whole stands for the whole
+            scope = {v if v in labelled else (covering_value(v, labelled) or v) for v in scope}
+        pred, merged = _merge_parts(pred, labelled)
+        for part, whole in sorted(merged.items()):
+            not_scored.append({"case": case, "label": part, "name": label_name(part),
+                               "volume_pred_ml": float("nan"), "volume_ref_ml": float("nan"),
+                               "reason": f"scored as part of {label_name(whole)} ({whole}): the reference map "
+                                         f"{map_name} labels only the whole"})
+        if requested is not None:
+            requested = list(dict.fromkeys(v if v in labelled else (covering_value(v, labelled) or v)
+                                           for v in requested))
+        present = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
+        candidates = present if requested is None else requested
+        for value in candidates:
+            if value not in labelled:
+                leave_out(value, f"the reference map {map_name} does not label this structure")
+        requested = [v for v in candidates if v in labelled]
+    if scope is not None:
+        scope = {int(v) for v in scope}
+        present = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
+        candidates = present if requested is None else requested
+        for value in candidates:
+            if value not in scope:
+                leave_out(value, scope_reason)
+        requested = [v for v in candidates if v in scope]
+    table = segmentation_metrics(pred, ref, requested, spacing, distances) if requested != [] else {}
+    return EvaluationRows(
+        ({"case": case, "label": value, "name": label_name(value, label_names), **values}
+         for value, values in table.items()),
+        not_scored,
+    )
 
 
 def evaluate_pairs(
@@ -214,29 +371,151 @@ def evaluate_pairs(
     out_dir: str | Path | None = None,
     label_names: Mapping[int, str] | None = None,
     distances: bool = True,
-) -> list[dict]:
+    reference_map: ReferenceMap = None,
+) -> EvaluationRows:
     """Score every (prediction, reference) pair; write the CSVs and box plot when ``out_dir``.
 
     ``pairs``: ``[(pred, ref), ...]`` (case id from the prediction's file name, see
     :func:`case_id_of`) or ``{case_id: (pred, ref)}``. ``labels``: the values to score; None
     scores every non-zero value found in either map of each case. ``distances=False`` skips
-    ASD/HD95 (left nan). Returns the rows of ``metrics.csv``.
+    ASD/HD95 (left nan). ``reference_map``: a dataset map name (``muscle-pipeline labels
+    --list-datasets``) or ``{source value: ontology name}`` when the references keep a source
+    dataset's numbers (see the module docstring); structures it does not label are not scored and
+    listed in ``not_scored.csv``. Returns the rows of ``metrics.csv`` (``.not_scored``: the rest).
     """
     labels = None if labels is None else [int(v) for v in labels]
-    rows: list[dict] = []
+    if reference_map is not None:
+        resolve_reference_map(reference_map)  # an unknown name fails before any file is read
+    rows = EvaluationRows()
     for case, (pred, ref) in _as_case_pairs(pairs).items():
-        case_rows = evaluate_case(pred, ref, labels, case, label_names, distances)
-        for row in case_rows:
-            row.setdefault("asd_mm", float("nan"))
-            row.setdefault("hd95_mm", float("nan"))
-        rows.extend(case_rows)
+        case_rows = evaluate_case(pred, ref, labels, case, label_names, distances, reference_map)
+        _add_rows(rows, case_rows)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(rows, out / "metrics.csv", ROW_KEYS)
-        write_csv(summarize(rows), out / "summary.csv")
-        plot_dice(rows, out / "dice_boxplot.png")
+        write_tables(rows, out_dir)
     return rows
+
+
+def _add_rows(rows: EvaluationRows, case_rows: EvaluationRows) -> None:
+    for row in case_rows:
+        row.setdefault("asd_mm", float("nan"))
+        row.setdefault("hd95_mm", float("nan"))
+    rows.extend(case_rows)
+    rows.not_scored.extend(case_rows.not_scored)
+
+
+def write_tables(rows: EvaluationRows | Sequence[dict], out_dir: str | Path) -> Path:
+    """``metrics.csv``, ``summary.csv``, ``dice_boxplot.png`` and, when anything was left out,
+    ``not_scored.csv`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "metrics.csv", ROW_KEYS)
+    write_csv(summarize(rows), out / "summary.csv")
+    plot_dice(rows, out / "dice_boxplot.png")
+    not_scored = getattr(rows, "not_scored", [])
+    stale = out / "not_scored.csv"
+    if not_scored:
+        write_csv(not_scored, stale, NOT_SCORED_KEYS)
+    elif stale.exists():
+        stale.unlink()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A model on a declared evaluation list (bundles' configs/evaluate.json)
+def model_values(model) -> list[int]:
+    """Every value ``model`` can write: each of its structures on both sides (unsided once)."""
+    out = []
+    for name in model.structures:
+        structure = ontology.structure(name)
+        out += [structure.base, structure.base + ontology.LEFT_OFFSET] if structure.sided else [structure.base]
+    return out
+
+
+def evaluate_datalist(
+    model,
+    dataset: Sequence[Mapping],
+    output_dir: str | Path,
+    distances: bool = True,
+) -> EvaluationRows:
+    """Segment each entry's image with ``model`` through the segment job and score it.
+
+    ``dataset``: entries ``{"image", "label", "label_map", ...}`` as in a bundle's train.json:
+    ``label_map`` a dataset map name, a dict ``{value: ontology name}`` or None (the label file
+    holds ontology values); optional ``case`` (the row id; default the image's file name),
+    ``sides`` (``"both"`` default, ``"right"`` or ``"left"``: score only that side's structures)
+    and ``simulate_other_leg`` (``{"seed", "full_width", "first_index"}``: the entry's labelled
+    half-scan leg is replaced by a simulated contralateral leg, see
+    :mod:`muscle_pipeline.synthetic.other_leg`, written under ``output_dir/cases``).
+    Only the model's structures are scored. Writes ``predictions/<case>.nii.gz``, the tables of
+    :func:`write_tables` and ``datalist.json`` (the entries as scored) into ``output_dir``.
+    """
+    import json
+
+    from muscle_pipeline.io import read_image
+    from muscle_pipeline.segmentation import segment_image
+
+    out = Path(output_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    values = model_values(model)
+    rows, scored_entries, seen = EvaluationRows(), [], set()
+    for index, entry in enumerate(dataset):
+        entry = dict(entry)
+        for key in ("image", "label"):
+            if not entry.get(key):
+                raise UsageError(f"evaluation entry {index}: no {key!r} (entries are {{'image', 'label', 'label_map'}})")
+        case = str(entry.get("case") or strip_image_suffix(Path(entry["image"]).name))
+        if case in seen:
+            case = f"{case}_{index}"
+        seen.add(case)
+        if entry.get("label_map") is not None:
+            resolve_reference_map(entry["label_map"])
+        if entry.get("simulate_other_leg"):
+            entry = _simulated_other_leg(entry, out / "cases", case)
+        sides = entry.get("sides") or "both"
+        if sides not in ("both", "right", "left"):
+            raise UsageError(f"evaluation entry {index}: sides must be 'both', 'right' or 'left', got {sides!r}")
+        scope = [v for v in values if sides == "both" or _side_of(v) in (sides, None)]
+        image = read_image(entry["image"])
+        labels = segment_image(image, model).labels
+        pred_path = out / "predictions" / f"{case}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(labels).astype(np.uint8), np.asarray(image.affine, dtype=np.float64)),
+                 str(pred_path))
+        reason = "not segmented by the model" if sides == "both" else \
+            f"not segmented by the model, or on the side not evaluated (sides={sides!r})"
+        _add_rows(rows, evaluate_case(pred_path, entry["label"], None, case, None, distances,
+                                      entry.get("label_map"), scope, reason))
+        scored_entries.append({"case": case, **{k: v for k, v in entry.items() if k != "case"}})
+    write_tables(rows, out)
+    (out / "datalist.json").write_text(json.dumps(scored_entries, indent=1, default=str))
+    return rows
+
+
+def _side_of(value: int) -> str | None:
+    return ontology.label(int(value)).side
+
+
+def _simulated_other_leg(entry: dict, folder: Path, case: str) -> dict:
+    """Write the simulated contralateral leg of ``entry`` (image + ontology labels) into ``folder``."""
+    from muscle_pipeline.synthetic.other_leg import as_opposite_half, simulate_other_leg
+
+    spec = dict(entry["simulate_other_leg"])
+    source = nib.load(str(entry["image"]))
+    image = np.asarray(source.dataobj, dtype=np.float32)
+    labels, _ = read_label_map(entry["label"])
+    if entry.get("label_map") is not None:
+        labels, _ = map_reference(labels, resolve_reference_map(entry["label_map"])[1])
+    leg_image, leg_labels = simulate_other_leg(image, labels.astype(np.uint8), int(spec.get("seed", 0)))
+    if spec.get("full_width") is not None:  # flipped into the other half of the scan, LEFT values
+        leg_image, leg_labels, affine = as_opposite_half(leg_image, leg_labels, source.affine,
+                                                         int(spec["full_width"]), int(spec.get("first_index", 0)))
+    else:
+        affine = source.affine
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path, label_path = folder / f"{case}_image.nii.gz", folder / f"{case}_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(leg_image, dtype=np.float32), affine), str(image_path))
+    nib.save(nib.Nifti1Image(np.asarray(leg_labels, dtype=np.uint8), affine), str(label_path))
+    return {**entry, "image": str(image_path), "label": str(label_path), "label_map": None,
+            "simulated_from": {"image": str(entry["image"]), "label": str(entry["label"]), **spec}}
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:

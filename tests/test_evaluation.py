@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from muscle_pipeline import labels as L
 from muscle_pipeline.cli import main as cli_main
 from muscle_pipeline.errors import InputError, UnsupportedImageError
 from muscle_pipeline.evaluation import (
@@ -198,3 +199,94 @@ def test_nrrd_and_metaimage_maps_read_as_their_nifti_twin(tmp_path, suffix):
     rows = evaluate_pairs({"case": (tmp_path / f"pred{suffix}", tmp_path / "ref.nii.gz")})
     assert {row["label"] for row in rows} >= {3, 5, 9}
     assert all(row["dice"] == pytest.approx(1.0) for row in rows)
+
+
+# --------------------------------------------------------------------------------------------
+# References in TotalSegmentator's own numbers (--reference-map): the real pelvis CT's map
+GMIN_LEFT, ILIOPSOAS_RIGHT = 103, 60  # ontology values
+VASTUS_LATERALIS_RIGHT = L.value_of("vastus_lateralis_right")
+
+
+@pytest.fixture(scope="module")
+def ts_reference(shared_data, tmp_path_factory):
+    """The real TotalSegmentator map as stored (its numbers) and mapped to the ontology, plus an
+    altered ontology copy: gluteus minimus left removed, iliopsoas right moved 2 voxels along x
+    (onto background only), and a vastus lateralis blob the reference cannot label."""
+    from muscle_pipeline.datasets import map_labels
+
+    root = tmp_path_factory.mktemp("ts_refmap")
+    image = nib.load(str(shared_data / TS_SEG))
+    mapped = np.asarray(map_labels(np.asarray(image.dataobj).astype(np.int64), "totalsegmentator_total"))
+    altered = mapped.copy()
+    altered[altered == GMIN_LEFT] = 0
+    moving = mapped == ILIOPSOAS_RIGHT
+    altered[moving] = 0
+    altered[np.roll(moving, 2, axis=0) & ((mapped == 0) | moving)] = ILIOPSOAS_RIGHT
+    blob = np.zeros_like(altered, dtype=bool)
+    blob[5:9, 5:9, 0:4] = True
+    assert not mapped[blob].any()
+    altered[blob] = VASTUS_LATERALIS_RIGHT
+    paths = {"ref": root / "ref" / "ct1.nii.gz", "same": root / "same" / "ct1.nii.gz", "altered": root / "altered" / "ct1.nii.gz"}
+    for key, data in (("ref", np.asarray(image.dataobj)), ("same", mapped), ("altered", altered)):
+        paths[key].parent.mkdir()
+        nib.save(nib.Nifti1Image(data, image.affine, image.header), str(paths[key]))
+    return {"root": root, "mapped": mapped, **paths}
+
+
+def test_reference_map_scores_the_mapped_reference_as_perfect(ts_reference):
+    rows = evaluate_pairs([(ts_reference["same"], ts_reference["ref"])], reference_map="totalsegmentator_total",
+                          distances=False)
+    present = sorted(int(v) for v in np.unique(ts_reference["mapped"]) if v)
+    assert [r["label"] for r in rows] == present and len(present) >= 10
+    assert all(r["dice"] == 1.0 for r in rows), [(r["name"], r["dice"]) for r in rows if r["dice"] != 1.0]
+    assert rows.not_scored == []
+    # without the map the same pair scores nothing: TotalSegmentator's numbers read as ontology values
+    unmapped = evaluate_pairs([(ts_reference["same"], ts_reference["ref"])], distances=False)
+    assert np.nanmean([r["dice"] for r in unmapped]) < 0.1
+
+
+def test_reference_map_through_the_cli_on_an_altered_copy(ts_reference, capsys):
+    out = ts_reference["root"] / "out"
+    code = cli_main(["evaluate", "--pred", str(ts_reference["altered"]), "--ref", str(ts_reference["ref"]),
+                     "-o", str(out), "--reference-map", "totalsegmentator_total", "--no-distances"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    by_label = {r["label"]: r for r in read_csv(out / "metrics.csv")}
+    assert by_label[GMIN_LEFT]["dice"] == 0.0 and by_label[GMIN_LEFT]["volume_pred_ml"] == 0.0  # prediction lacks it
+    assert 0 < by_label[ILIOPSOAS_RIGHT]["dice"] < 1
+    assert {v for v, r in by_label.items() if r["dice"] != 1.0} == {GMIN_LEFT, ILIOPSOAS_RIGHT}
+    assert VASTUS_LATERALIS_RIGHT not in by_label  # the reference cannot label it: not a false positive
+    skipped = read_csv(out / "not_scored.csv")
+    assert [(r["label"], r["name"]) for r in skipped] == [(VASTUS_LATERALIS_RIGHT, "vastus_lateralis_right")]
+    assert skipped[0]["volume_pred_ml"] == pytest.approx(64 * 27 / 1000) and "does not label" in skipped[0]["reason"]
+    assert "not scored" in printed and "vastus_lateralis_right" in printed and "totalsegmentator_total" in printed
+
+
+def test_reference_map_merges_parts_of_a_labelled_whole(ts_reference, tmp_path):
+    """iliacus + psoas major (lower_limb_35's values) score as TotalSegmentator's iliopsoas."""
+    split = ts_reference["mapped"].copy()
+    for side, offset in (("right", 0), ("left", 100)):
+        whole = np.argwhere(split == ILIOPSOAS_RIGHT + offset)
+        upper = whole[whole[:, 2] > np.median(whole[:, 2])]
+        split[split == ILIOPSOAS_RIGHT + offset] = L.value_of(f"iliacus_{side}")
+        split[tuple(upper.T)] = L.value_of(f"psoas_major_{side}")
+    pred = tmp_path / "ct1.nii.gz"
+    nib.save(nib.Nifti1Image(split, nib.load(str(ts_reference["ref"])).affine), str(pred))
+    rows = evaluate_pairs([(pred, ts_reference["ref"])], reference_map="totalsegmentator_total", distances=False)
+    assert all(r["dice"] == 1.0 for r in rows)
+    assert {r["name"] for r in rows.not_scored} == {"iliacus_right", "psoas_major_right", "iliacus_left", "psoas_major_left"}
+    assert all("part of iliopsoas" in r["reason"] for r in rows.not_scored)
+
+
+def test_unknown_reference_map_is_one_clear_error(ts_reference, tmp_path, capsys):
+    from muscle_pipeline import api
+    from muscle_pipeline.errors import UsageError
+
+    code = cli_main(["evaluate", "--pred", str(ts_reference["same"]), "--ref", str(ts_reference["ref"]),
+                     "-o", str(tmp_path / "out"), "--reference-map", "totalsegmentator"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "unknown reference map 'totalsegmentator'" in err[0] and "totalsegmentator_total" in err[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UsageError, match="unknown reference map"):
+        api.evaluate([(ts_reference["same"], ts_reference["ref"])], tmp_path / "out", reference_map="nope")

@@ -3,12 +3,18 @@
     muscle-pipeline evaluate --pred results/ --ref labels/ -o eval/
     muscle-pipeline evaluate --pred a.nii.gz --ref a_ref.nii.gz -o eval/ --labels 28 128
     muscle-pipeline evaluate --pred ts_pred/ --ref ts_ref/ -o eval/ --dataset totalsegmentator_total
+    muscle-pipeline evaluate --pred out/ --ref ts_seg.nii.gz -o eval/ --reference-map totalsegmentator_total
 
 Predictions and references are files or folders (searched recursively for NIfTI/NRRD/MHA);
 they are paired by case id: the file name without its suffix, or for the pipeline's own output
 ``<case>/segmentation.nii.gz`` the folder name. A single file on each side pairs as is. Writes
 metrics.csv, summary.csv and dice_boxplot.png into the output folder (see
 :mod:`muscle_pipeline.evaluation`) and prints the mean Dice per label.
+
+``--reference-map DATASET``: the predictions hold ontology values (the pipeline's output) but the
+references keep a source dataset's numbers (e.g. TotalSegmentator's map); the references are
+mapped to the ontology before scoring. Structures the reference does not label are not scored
+(listed in not_scored.csv and printed); structures it labels and the prediction lacks score 0.
 """
 from __future__ import annotations
 
@@ -31,6 +37,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", metavar="NAME",
                         help="name the values by this dataset's map (muscle-pipeline labels --list-datasets) "
                              "instead of the ontology, for maps that keep a source dataset's numbers")
+    parser.add_argument("--reference-map", metavar="DATASET",
+                        help="the references hold this dataset's values (muscle-pipeline labels --list-datasets), "
+                             "the predictions ontology values: map the references to the ontology first and "
+                             "score only the structures they label")
     parser.add_argument("--allow-unmatched", action="store_true",
                         help="score the cases that pair and skip files without a partner (default: error)")
     parser.add_argument("--no-distances", action="store_true", help="skip ASD and HD95 (faster)")
@@ -41,6 +51,15 @@ def run(args) -> int:
     from muscle_pipeline.evaluation import collect_label_files, evaluate_pairs, pair_cases, summarize
 
     label_names = None
+    reference_map = getattr(args, "reference_map", None)
+    if reference_map and args.dataset:
+        print("muscle-pipeline evaluate: --dataset (both maps keep the dataset's values) and --reference-map "
+              "(only the references do) exclude each other", file=sys.stderr)
+        return 2
+    if reference_map:
+        from muscle_pipeline.evaluation import resolve_reference_map
+
+        resolve_reference_map(reference_map)  # an unknown name: one error line (UsageError), before any file
     if args.dataset:
         from muscle_pipeline import datasets
 
@@ -50,11 +69,29 @@ def run(args) -> int:
             return 2
         label_names = datasets.dataset_map(args.dataset)
     pairs = pair_cases(collect_label_files(args.pred), collect_label_files(args.ref), args.allow_unmatched)
-    rows = evaluate_pairs(pairs, args.labels, args.output, label_names, distances=not args.no_distances)
+    rows = evaluate_pairs(pairs, args.labels, args.output, label_names, distances=not args.no_distances,
+                          reference_map=reference_map)
+    extra = ", not_scored.csv" if rows.not_scored else ""
     print(f"{len(pairs)} case(s), {len(rows)} case x label rows -> {args.output}/metrics.csv, summary.csv, "
-          "dice_boxplot.png")
+          f"dice_boxplot.png{extra}")
+    if reference_map:
+        print(f"  references mapped from {reference_map} to the ontology")
     for row in summarize(rows):
         sd = "" if math.isnan(row["dice_sd"]) else f" ± {row['dice_sd']:.3f}"
         name = f" {row['name']}" if row["name"] else ""
         print(f"  {row['label']}{name}: Dice {row['dice_mean']:.3f}{sd} (n={row['n']})")
+    print_not_scored(rows.not_scored)
     return 0
+
+
+def print_not_scored(not_scored: list[dict]) -> None:
+    """One line per reason: the structures it left out (or merged), with how many cases."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for item in not_scored:
+        names = by_reason.setdefault(item["reason"], {})
+        key = item["name"] or str(item["label"])
+        names[key] = names.get(key, 0) + 1
+    for reason, names in by_reason.items():
+        listed = ", ".join(f"{n}" + (f" ({k} cases)" if k > 1 else "") for n, k in names.items())
+        verb = "merged" if reason.startswith("scored as part of") else "not scored"
+        print(f"  {verb} ({reason}): {listed}")
