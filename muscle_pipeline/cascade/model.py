@@ -209,7 +209,11 @@ def build_cascade(structures, modality: str, stage1_spacing, stage2_spacing, sta
     ``cascade.json`` with box priors and patch sizes)."""
     models = Path(models_dir)
     meta = json.loads((models / "cascade.json").read_text())
-    structures = list(structures)
+    # structures no training case labelled have no stage-2 model: the cascade segments the others
+    untrained = set(meta.get("untrained", []))
+    if untrained & set(structures):
+        log.warning("%s: no trained model for %s; they are not segmented", models, ", ".join(sorted(untrained & set(structures))))
+    structures = [m for m in structures if m not in untrained]
     stage1_network.load_state_dict(torch.load(models / "stage1.pt", map_location="cpu", weights_only=True))
     localizer = Localizer(stage1_network.to(device), BoxPriors.from_dict(meta["priors"]), stage1_roi,
                           sw_batch_size=sw_batch_size, overlap=overlap, threshold=stage1_threshold,

@@ -17,17 +17,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor, get_track_meta, set_track_meta
-from monai.losses import DiceCELoss
 from monai.transforms import LoadImage, Orientation, RandSpatialCropd, Spacing, SpatialPadd
 from monai.utils import set_determinism
 
 from .. import labels as ontology
+from ..training_loop import fit
 from .boxes import Box, BoxPriors, box_from_mask
 from .model import groups_for, read_bundle_config, right_value
 
@@ -35,7 +34,7 @@ from .model import groups_for, read_bundle_config, right_value
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 __all__ = ["mirror_world_x", "load_case", "load_scene", "one_side", "split_sides", "load_side_cases", "structure_lut",
-           "prepare_case", "prepare_scene", "default_synthesis", "evaluate_cascade", "CascadeTrainer"]
+           "annotated_structures", "source_name", "group_lut", "prepare_case", "prepare_scene", "default_synthesis", "evaluate_cascade", "CascadeTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +194,80 @@ def structure_lut(structures: list[str]) -> np.ndarray:
     return lut
 
 
+def annotated_structures(entry: dict) -> set[str] | None:
+    """Side-less ontology structures that ``entry``'s labels annotate; None: every structure.
+
+    From ``entry["labelled"]`` when given, else from its label map (a dataset map of
+    :mod:`muscle_pipeline.datasets` says which labels that dataset has; a dict's values). A
+    ``"synthesize"`` entry (the completed atlas) annotates everything.
+    """
+    if entry.get("synthesize") and "labelled" not in entry:
+        return None
+    names = entry.get("labelled")
+    if names is None:
+        label_map = entry.get("label_map")
+        if label_map is None:
+            return None
+        if isinstance(label_map, str):
+            from ..datasets import dataset_map
+
+            names = dataset_map(label_map).values()
+        else:
+            names = label_map.values()
+    return {_structure_of_value(0, {0: str(n)})[0] for n in names}
+
+
+def source_name(entry: dict, index: int) -> str:
+    """A dataset entry's name in logs and per-source losses: ``name``, else its label map's name,
+    else its label file's name."""
+    if entry.get("name"):
+        return str(entry["name"])
+    if isinstance(entry.get("label_map"), str):
+        return entry["label_map"]
+    return Path(str(entry.get("label", f"entry{index}"))).name
+
+
+def group_lut(structures: list[str], groups: dict[str, list[str]]) -> np.ndarray:
+    """256-entry lookup: ontology value -> stage-1 group index (1..G), 0 for everything else.
+
+    A value counts for the group of its structure, of its parent (finer atlas muscles), or of the
+    structures it covers when they all lie in one group (TotalSegmentator's iliopsoas = iliacus +
+    psoas major: the iliopsoas group)."""
+    index_of = {m: gi for gi, ms in enumerate(groups.values(), start=1) for m in ms}
+    lut = np.zeros(256, np.int64)
+    for lab in ontology.all_labels():
+        s = lab.structure
+        parts = {index_of.get(c) for c in s.covers}
+        if s.name in index_of:
+            lut[lab.value] = index_of[s.name]
+        elif s.parent in index_of:
+            lut[lab.value] = index_of[s.parent]
+        elif s.covers and len(parts) == 1 and None not in parts:
+            lut[lab.value] = parts.pop()
+    # the side-less bundle values (right = base) are what prepare_scene writes
+    for m, gi in index_of.items():
+        lut[right_value(m)] = gi
+    return lut
+
+
+def annotated_groups(annotated: set[str] | None, groups: dict[str, list[str]]) -> np.ndarray:
+    """(G + 1,) bool: background, then whether each stage-1 group is wholly annotated (each of its
+    structures labelled itself or covered by a labelled structure). A partly annotated group counts
+    as unannotated: its labelled voxels cannot say where its unlabelled members are."""
+    out = np.ones(len(groups) + 1, bool)
+    if annotated is None:
+        return out
+    covered = set(annotated)
+    for name in annotated:
+        try:
+            covered.update(ontology.structure(name).covers)
+        except KeyError:
+            pass
+    for gi, members in enumerate(groups.values(), start=1):
+        out[gi] = all(m in covered for m in members)
+    return out
+
+
 def evaluate_cascade(model, dataset: list[dict], output_file: str | None = None) -> dict:
     """Dice per structure of ``model`` on every side case of ``dataset`` (entries as in training).
 
@@ -269,14 +342,23 @@ class CascadeTrainer:
     Args:
         bundle: bundle name or folder (its ``configs/inference.json`` defines structures,
             spacings, networks, intensity preprocessing).
-        dataset: list of ``{"image", "label", "label_map", "sides"}`` (``sides``: ``"right"``,
-            ``"left"`` (mirrored), or ``"both"`` (split at the midline, left mirrored)).
+        dataset: list of ``{"image", "label", "label_map", "sides"[, "name", "labelled"]}``
+            (``sides``: ``"right"``, ``"left"`` (mirrored), or ``"both"`` (split at the midline,
+            left mirrored)). Entries may label different subsets of the structures (the real calf
+            its 7 muscles, a CT the gluteals): :func:`annotated_structures` says which, and
+            stage 1 then needs a partial-label ``loss``; a structure no entry labels gets no
+            stage-2 model (logged, listed as ``untrained`` in ``cascade.json``).
         augmentation_stage1 / augmentation_stage2: MONAI dict transforms on keys image/label.
+        loss: ``loss(logits, target[, labelled_classes])`` for both stages; None: ``DiceCELoss``.
+        optimizer: ``optimizer(parameters)``; None: Adam at ``lr``.
+        lr_scheduler: ``lr_scheduler(optimizer, iterations)``; None: cosine annealing to 0.
         synthesis: for ``"synthesize"`` entries, a dict transform on key ``scene`` (a label crop,
             MetaTensor with the stage grid's spacing) that may change the scene and must add
             ``image``; None: :func:`default_synthesis`. Its image then gets the bundle's
             ``intensity`` preprocessing and the augmentation above.
         patch_scale: stage-2 patch = mean training box shape × this, rounded up to the divisor.
+        probe_samples: fixed samples per dataset entry whose loss is measured before and after
+            each network's training (``self.probe_losses``); 0 turns it off.
         num_threads: torch CPU threads. 1 by default: on a shared, oversubscribed CPU two OpenMP
             threads per process spin-wait for each other (measured here: a 3D U-Net step took
             12 s with 2 threads and 0.7 s with 1 while other jobs ran).
@@ -286,10 +368,11 @@ class CascadeTrainer:
                  stage1_iterations: int = 300, stage2_iterations: int = 300, batch_size: int = 2, lr: float = 1e-3,
                  patch_scale: float = 1.4, max_patch=(96, 96, 64), crop_ratio_range=(1.0, 1.8), divisor: int = 4,
                  seed: int = 0, device: str = "cpu", output_dir: str | None = None, num_threads: int = 1,
-                 distributed: bool = False, stage2_iterations_by_muscle: dict | None = None, synthesis=None):
+                 distributed: bool = False, stage2_iterations_by_muscle: dict | None = None, synthesis=None,
+                 loss=None, optimizer=None, lr_scheduler=None, probe_samples: int = 2):
         self.parser = read_bundle_config(bundle)
         self.root = Path(self.parser["bundle_root"])
-        self.output_dir = Path(output_dir) if output_dir else self.root / "models"
+        self.output_dir = Path(output_dir) if output_dir else Path.cwd() / "runs" / self.root.name
         self.dataset = dataset
         self.aug1, self.aug2 = augmentation_stage1, augmentation_stage2
         self.stage1_iterations, self.stage2_iterations = int(stage1_iterations), int(stage2_iterations)
@@ -314,27 +397,43 @@ class CascadeTrainer:
             "bias_correction": self.parser.get_parsed_content("bias_correction") if self.parser.get("bias_correction") else None,
         }
         self.synthesis = synthesis if synthesis is not None else default_synthesis()
+        if loss is None:
+            from monai.losses import DiceCELoss
+
+            loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss = loss
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler if lr_scheduler is not None else torch.optim.lr_scheduler.CosineAnnealingLR
+        self.probe_samples = int(probe_samples)
         self._structure_lut = structure_lut(self.structures)
-        self._group_lut = np.zeros(256, np.int64)  # structure value -> stage-1 group index
-        for gi, muscles in enumerate(self.groups.values(), start=1):
-            for m in muscles:
-                self._group_lut[right_value(m)] = gi
+        self._group_lut = group_lut(self.structures, self.groups)  # ontology value -> stage-1 group index
         self.losses: dict[str, list[float]] = {}  # what -> loss per iteration
+        self.probe_losses: dict[str, dict[str, dict[str, float]]] = {}  # what -> source -> before/after
+        self.untrained: list[str] = []
         self._cases = None
 
     # --- data ----------------------------------------------------------------------------------
     @property
     def cases(self) -> list[dict]:
+        """Every side case on the two grids, with ``source`` (its entry's name) and
+        ``labelled1``, the (G + 1,) stage-1 channels its labels annotate."""
         if self._cases is None:
             self._cases = []
-            for entry in self.dataset:
+            for i, entry in enumerate(self.dataset):
                 pairs = entry["cases"] if "cases" in entry else load_side_cases(entry)
+                labelled1 = torch.as_tensor(annotated_groups(annotated_structures(entry), self.groups))
                 for image, labels in pairs:
                     if entry.get("synthesize"):
-                        self._cases.append(prepare_scene(labels, self.cascade, self.structures))
+                        case = prepare_scene(labels, self.cascade, self.structures)
                     else:
-                        self._cases.append(prepare_case(image, labels, self.cascade))
+                        case = prepare_case(image, labels, self.cascade)
+                    case.update(source=source_name(entry, i), labelled1=labelled1)
+                    self._cases.append(case)
         return self._cases
+
+    def _mask(self, case: dict, muscle: str) -> np.ndarray:
+        """Where ``muscle`` is in a case's stage-2 labels (its finer atlas parts included)."""
+        return self._structure_lut[np.asarray(case["label2"][0]).round().astype(np.int64)] == right_value(muscle)
 
     def _synthesize(self, scene, spacing, target_of) -> dict:
         """One draw from a label crop (1, X, Y, Z): {"image": intensity-normalised synthetic image,
@@ -346,29 +445,33 @@ class CascadeTrainer:
         return {"image": _plain(image).float(), "label": torch.as_tensor(target[None].astype(np.float32))}
 
     def world_boxes(self, case: dict) -> dict:
-        lab = np.asarray(case["label2"][0])
         out = {}
         for m in self.structures:
-            b = box_from_mask(lab == right_value(m))
+            b = box_from_mask(self._mask(case, m))
             if b is not None:
                 out[m] = b.to_world(np.asarray(case["label2"].affine))
         return out
 
     def patch_size(self, muscle: str) -> tuple[int, int, int]:
-        v = right_value(muscle)
         shapes, extents = [], []
         for c in self.cases:
-            b = box_from_mask(np.asarray(c["label2"][0]) == v)
+            b = box_from_mask(self._mask(c, muscle))
             if b is not None:
                 shapes.append(b.shape)
                 extents.append(c["label2"].shape[1:])
+        if not shapes:
+            raise ValueError(f"no training case labels {muscle!r}")
         mean = np.mean(shapes, 0) * self.patch_scale
         cap = np.minimum(np.max(extents, 0), self.max_patch)
         return tuple(_round_up(max(min(m, c), self.divisor), self.divisor) for m, c in zip(mean, cap))
 
     # --- stage 1 -------------------------------------------------------------------------------
     def group_target(self, case: dict) -> torch.Tensor:
-        return torch.as_tensor(self._group_lut[np.asarray(case["label1"][0]).astype(np.int64)][None])
+        """(1, X, Y, Z) stage-1 group indices; groups the case does not wholly annotate are 0 (the
+        partial-label loss then counts them as "background or unannotated")."""
+        groups = self._group_lut[np.asarray(case["label1"][0]).round().astype(np.int64)]
+        groups[~np.asarray(case["labelled1"])[groups]] = 0
+        return torch.as_tensor(groups[None])
 
     def train_stage1(self) -> Path:
         network = self.parser.get_parsed_content("stage1_network").to(self.device)
@@ -381,15 +484,17 @@ class CascadeTrainer:
         spacing = self.cascade["stage1_spacing"]
 
         def groups_of(scene):
-            return self._group_lut[self._structure_lut[scene]]
+            return self._group_lut[scene]
 
-        def sample(rng):
-            d = crop(pad(dict(samples[rng.integers(len(samples))])))
+        def sample(rng, index=None):
+            index = rng.integers(len(samples)) if index is None else index
+            d = crop(pad(dict(samples[index])))
             if "scene" in d:
                 d = self._synthesize(d["scene"], spacing, groups_of)
-            return self.aug1(d) if self.aug1 is not None else d
+            d = self.aug1(d) if self.aug1 is not None else d
+            return {**d, "labelled": self.cases[index]["labelled1"]}
 
-        self._fit(network, sample, self.stage1_iterations, "stage 1")
+        self._fit(network, sample, self.stage1_iterations, "stage 1", [c["source"] for c in self.cases])
         return self._save(network, "stage1.pt")
 
     # --- stage 2 -------------------------------------------------------------------------------
@@ -399,13 +504,14 @@ class CascadeTrainer:
         network = self.parser.get_parsed_content("stage2_network")().to(self.device)
         patch = self.patch_size(muscle)
         v = right_value(muscle)
-        items = []
+        items, sources = [], []
         for c in self.cases:
-            mask = np.asarray(c["label2"][0]) == v
+            mask = self._mask(c, muscle)
             box = box_from_mask(mask)
             if box is not None:  # a scene stands in for the image: the draw makes image and mask from it
                 image = c["scene2"] if "scene2" in c else c["image2"]
                 items.append((image, torch.as_tensor(mask[None].astype(np.float32)), box, "scene2" in c))
+                sources.append(c["source"])
         spacing = self.cascade["stage2_spacing"]
 
         def mask_of(scene):
@@ -414,8 +520,8 @@ class CascadeTrainer:
         crop = RandSpatialCropd(["image", "label"], patch, random_size=False)
         from .boxes import enlarge_box
 
-        def sample(rng):
-            image, mask, box, is_scene = items[rng.integers(len(items))]
+        def sample(rng, index=None):
+            image, mask, box, is_scene = items[rng.integers(len(items)) if index is None else index]
             shape = tuple(image.shape[1:])
             enlarged = enlarge_box(box, shape, rng, self.crop_ratio_range)
             # crop with a context margin so rotations/elastic warps pull in real tissue, not zeros
@@ -434,49 +540,50 @@ class CascadeTrainer:
             return crop(pad(d))
 
         iterations = self.stage2_iterations_by_muscle.get(muscle, self.stage2_iterations)
-        self._fit(network, sample, iterations, f"stage 2 {muscle} patch {patch}")
+        self._fit(network, sample, iterations, f"stage 2 {muscle} patch {patch}", sources)
         self._update_meta(patch_sizes={muscle: list(patch)})
         return self._save(network, f"stage2_{muscle}.pt")
 
+    def trainable_structures(self) -> list[str]:
+        """The structures some training case labels (the others cannot get a stage-2 model)."""
+        return [m for m in self.structures if any(self._mask(c, m).any() for c in self.cases)]
+
     def fit_priors(self) -> BoxPriors:
-        priors = BoxPriors.fit([self.world_boxes(c) for c in self.cases], self.groups)
-        self._update_meta(priors=priors.to_dict())
+        boxes = [self.world_boxes(c) for c in self.cases]
+        labelled = {m for b in boxes for m in b}
+        # priors of the structures that have training boxes; every group stays, in order (its index
+        # is its stage-1 output channel), an unlabelled one empty
+        groups = {g: [m for m in ms if m in labelled] for g, ms in self.groups.items()}
+        priors = BoxPriors.fit(boxes, groups)
+        self.untrained = [m for m in self.structures if m not in labelled]
+        self._update_meta(priors=priors.to_dict(), untrained=self.untrained)
         return priors
 
     # --- plumbing ------------------------------------------------------------------------------
-    def _fit(self, network, sample, iterations: int, what: str):
+    def _fit(self, network, sample, iterations: int, what: str, sources: list[str]):
+        """``sample(rng, index=None)`` draws one training sample (of item ``index``); ``sources``
+        names each item's dataset entry (for the per-source probe losses)."""
         set_determinism(self.seed + self.rank)
         rng = np.random.default_rng(self.seed + self.rank)
         if hasattr(self.synthesis, "set_random_state"):  # MONAI randomisables keep their own generator
             self.synthesis.set_random_state(self.seed + self.rank)
-        module = network
-        if self.distributed:
-            network = torch.nn.parallel.DistributedDataParallel(network)
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        opt = torch.optim.Adam(network.parameters(), lr=self.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, iterations))
-        network.train()
         # plain tensors through the augmentation: MetaTensor bookkeeping doubles its cost on CPU
         track_meta = get_track_meta()
         set_track_meta(False)
-        t0, running = time.time(), []
-        self.losses[what] = running
-        for it in range(iterations):
-            batch = [sample(rng) for _ in range(self.batch_size)]
-            x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(self.device)
-            y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).round().long().to(self.device)
-            opt.zero_grad()
-            loss = loss_fn(network(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running.append(float(loss.detach()))
-            if (it + 1) % 50 == 0 or it + 1 == iterations:
-                log.info("%s: iteration %d/%d loss %.4f (%.0f s)", what, it + 1, iterations,
-                         float(np.mean(running[-50:])), time.time() - t0)
+        probes = {}
+        if self.probe_samples > 0:
+            probe_rng = np.random.default_rng(self.seed + 10_000)
+            for source in dict.fromkeys(sources):
+                indices = [i for i, s in enumerate(sources) if s == source]
+                probes[source] = [sample(probe_rng, int(probe_rng.choice(indices))) for _ in range(self.probe_samples)]
+        result = fit(network, lambda: [sample(rng) for _ in range(self.batch_size)], iterations, self.loss,
+                     optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, lr=self.lr, device=self.device,
+                     what=what, probes=probes, distributed=self.distributed)
         set_track_meta(track_meta)
-        module.eval()
         set_determinism(None)
+        self.losses[what] = result["losses"]
+        self.probe_losses[what] = result["probes"]
+        return result
 
     def _save(self, network, name: str) -> Path:
         path = self.output_dir / name
@@ -504,7 +611,8 @@ class CascadeTrainer:
             path.write_text(json.dumps(meta, indent=1))
 
     def run(self, stage: int | str = "all", muscle: str | None = None) -> list[Path]:
-        """Train: ``stage`` 1, 2 (all muscles, or only ``muscle``) or ``"all"``; returns written files."""
+        """Train: ``stage`` 1, 2 (all muscles, or only ``muscle``) or ``"all"``; returns written files.
+        Structures that no training case labels are skipped with a warning."""
         written = []
         stage = str(stage)
         if stage in ("1", "all"):
@@ -513,6 +621,13 @@ class CascadeTrainer:
         if stage in ("2", "all"):
             if not (self.output_dir / "cascade.json").exists():
                 self.fit_priors()
-            for m in [muscle] if muscle else self.structures:
+            if muscle:
+                todo = [muscle]
+            else:
+                todo = self.trainable_structures()
+                for m in self.structures:
+                    if m not in todo:
+                        log.warning("stage 2: no training case labels %s: it gets no model", m)
+            for m in todo:
                 written.append(self.train_stage2(m))
         return written
