@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from muscle_pipeline.cascade.model import right_value
 from muscle_pipeline.thigh25d.network import baseline_unet3d, simple_unet2d
 from muscle_pipeline.thigh25d.preprocess import ThighCTPreprocess
 from muscle_pipeline.thigh25d.slices import VIEWS, NeighbourSlices
+from muscle_pipeline.training_loop import fit
 from muscle_pipeline.transforms.legs import MirrorToRight, split_legs
 
 __all__ = ["leg_crops", "class_map", "dataset_from_dir", "prepare_cases", "train_slices", "train_volume",
@@ -165,7 +165,8 @@ def train_slices(cases: Sequence[Mapping], view: str, n_classes: int, offsets: S
                  iterations: int = 100, batch_size: int = 4, lr: float = 3e-3, seed: int = 0,
                  channels: Sequence[int] = (16, 32, 64), patch_size: Sequence[int] = (96, 96),
                  foreground_fraction: float = 0.8, augment: bool = True,
-                 device: str | torch.device = "cpu", initial_state: Mapping | None = None) -> tuple[torch.nn.Module, dict]:
+                 device: str | torch.device = "cpu", initial_state: Mapping | None = None, loss=None,
+                 optimizer=None, lr_scheduler=None) -> tuple[torch.nn.Module, dict]:
     """Train one simplified 2D U-Net on the slices of ``view`` ("axial", "coronal", "sagittal").
 
     Each step: ``batch_size`` slices (``foreground_fraction`` of them showing a structure), a
@@ -192,7 +193,8 @@ def train_slices(cases: Sequence[Mapping], view: str, n_classes: int, offsets: S
         return [transform({"image": samples[i][0], "label": samples[i][1]})[0]
                 for i in _pick(rng, foreground, batch_size, foreground_fraction)]
 
-    final_loss, seconds = _optimise(net, draw_batch, iterations, lr, device, f"{view} view")
+    final_loss, seconds = _optimise(net, draw_batch, iterations, lr, device, f"{view} view", loss, optimizer,
+                                      lr_scheduler)
     return net, {"view": view, "iterations": iterations, "batch_size": batch_size, "lr": lr,
                  "in_channels": len(offsets), "n_slices": len(samples), "slice_size": size,
                  "final_loss": final_loss, "seconds": seconds}
@@ -201,7 +203,8 @@ def train_slices(cases: Sequence[Mapping], view: str, n_classes: int, offsets: S
 def train_volume(cases: Sequence[Mapping], n_classes: int, iterations: int = 60, batch_size: int = 2,
                  patch_size: Sequence[int] = (48, 48, 48), lr: float = 3e-3, seed: int = 0,
                  channels: Sequence[int] = (16, 32, 64), augment: bool = True,
-                 device: str | torch.device = "cpu", initial_state: Mapping | None = None) -> tuple[torch.nn.Module, dict]:
+                 device: str | torch.device = "cpu", initial_state: Mapping | None = None, loss=None,
+                 optimizer=None, lr_scheduler=None) -> tuple[torch.nn.Module, dict]:
     """Train the 3D U-Net baseline on random patches (2 of 3 centred on a structure)."""
     set_determinism(seed)
     rng = np.random.default_rng(seed)
@@ -222,33 +225,21 @@ def train_volume(cases: Sequence[Mapping], n_classes: int, iterations: int = 60,
             batch.append(affine(sample) if augment else sample)
         return batch
 
-    final_loss, seconds = _optimise(net, draw_batch, iterations, lr, device, "3D")
+    final_loss, seconds = _optimise(net, draw_batch, iterations, lr, device, "3D", loss, optimizer, lr_scheduler)
     return net, {"iterations": iterations, "batch_size": batch_size, "patch_size": list(patch_size), "lr": lr,
                  "final_loss": final_loss, "seconds": seconds}
 
 
-def _optimise(net: torch.nn.Module, draw_batch, iterations: int, lr: float, device, name: str) -> tuple[float, float]:
-    """Adam on the soft Dice loss for ``iterations`` batches of ``draw_batch()`` (dicts of a channel-first
-    ``image`` and a ``(1, *spatial)`` class-index ``label``); leaves ``net`` in eval mode on the CPU.
+def _optimise(net: torch.nn.Module, draw_batch, iterations: int, lr: float, device, name: str, loss=None,
+              optimizer=None, lr_scheduler=None) -> tuple[float, float]:
+    """:func:`muscle_pipeline.training_loop.fit` for ``iterations`` batches of ``draw_batch()`` (dicts of
+    a channel-first ``image`` and a ``(1, *spatial)`` class-index ``label``); ``loss`` None: the soft
+    Dice loss, ``optimizer`` None: Adam at ``lr``. Leaves ``net`` in eval mode on the CPU.
     Returns the mean loss of the last 20 steps and the seconds taken."""
-    net.to(device)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = _dice_loss()
-    net.train()
-    losses, start = [], time.perf_counter()
-    for step in range(iterations):
-        batch = draw_batch()
-        images = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
-        labels = torch.stack([torch.as_tensor(b["label"]) for b in batch]).float().to(device)
-        optimiser.zero_grad()
-        loss = loss_fn(net(images), labels)
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        if (step + 1) % 50 == 0:
-            log.info("%s: step %d/%d, Dice loss %.3f", name, step + 1, iterations, np.mean(losses[-50:]))
-    net.eval().cpu()
-    return float(np.mean(losses[-20:])), time.perf_counter() - start
+    result = fit(net, draw_batch, iterations, loss if loss is not None else _dice_loss(), optimizer=optimizer,
+                 lr_scheduler=lr_scheduler, lr=lr, device=device, what=name)
+    net.cpu()
+    return float(np.mean(result["losses"][-20:])), result["seconds"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,7 +258,8 @@ class Thigh25DTrainer:
                  lr: float = 3e-3, channels: Sequence[int] = (16, 32, 64), margin_mm: float = 15.0,
                  patch_size: Sequence[int] = (96, 96),
                  preprocess: ThighCTPreprocess | None = None, seed: int = 0, threads: int = 2,
-                 device: str | torch.device = "cpu", init_dir: str | None = None) -> None:
+                 device: str | torch.device = "cpu", init_dir: str | None = None, loss=None, optimizer=None,
+                 lr_scheduler=None) -> None:
         if isinstance(structures, str):  # "--structures a,b,c" from the command line
             structures = [s.strip() for s in structures.split(",") if s.strip()]
         self.structures = list(structures)
@@ -291,6 +283,9 @@ class Thigh25DTrainer:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.init_dir = Path(init_dir) if init_dir else None
+        # train.json's loss / optimizer(parameters) / lr_scheduler(optimizer, iterations); None: soft
+        # Dice loss, Adam at lr, constant rate (the seed-004 recipe)
+        self.loss, self.optimizer, self.lr_scheduler = loss, optimizer, lr_scheduler
         torch.set_num_threads(int(threads))
 
     @staticmethod
@@ -328,7 +323,8 @@ class Thigh25DTrainer:
         n_classes = len(self.structures) + 1
         info = {"structures": self.structures, "n_cases": len(cases), "notes": [c.get("notes", []) for c in cases],
                 "offsets": list(self.offsets), "networks": {}}
-        common = dict(lr=self.lr, seed=self.seed, channels=self.channels, device=self.device)
+        common = dict(lr=self.lr, seed=self.seed, channels=self.channels, device=self.device, loss=self.loss,
+                      optimizer=self.optimizer, lr_scheduler=self.lr_scheduler)
         for kind, view in self._jobs(kinds):
             name = "3d" if kind == "3d" else (f"view_{view}" if kind == "25d" else "2d_axial")
             initial = None
