@@ -518,6 +518,34 @@ def _simulated_other_leg(entry: dict, folder: Path, case: str) -> dict:
             "simulated_from": {"image": str(entry["image"]), "label": str(entry["label"]), **spec}}
 
 
+def summary_lines(rows: Sequence[dict]) -> list[str]:
+    """What ``muscle-pipeline evaluate`` prints: mean Dice per label and over all, then one line per
+    reason something was not scored (or merged), naming the structures."""
+    lines = []
+    for row in summarize(rows):
+        sd = "" if math.isnan(row["dice_sd"]) else f" ± {row['dice_sd']:.3f}"
+        name = f" {row['name']}" if row["name"] else ""
+        lines.append(f"  {row['label']}{name}: Dice {row['dice_mean']:.3f}{sd} (n={row['n']})")
+    by_reason: dict[str, dict[str, int]] = {}
+    for item in getattr(rows, "not_scored", []):
+        names = by_reason.setdefault(item["reason"], {})
+        key = item["name"] or str(item["label"])
+        names[key] = names.get(key, 0) + 1
+    for reason, names in by_reason.items():
+        listed = ", ".join(name + (f" ({n} cases)" if n > 1 else "") for name, n in names.items())
+        verb = "merged" if reason.startswith("scored as part of") else "not scored"
+        lines.append(f"  {verb} ({reason}): {listed}")
+    return lines
+
+
+def print_summary(rows: Sequence[dict], output_dir: str | Path | None = None) -> Sequence[dict]:
+    """Print :func:`summary_lines` (and where the tables are); returns ``rows``."""
+    head = f"{len({r['case'] for r in rows})} case(s), {len(rows)} case x label rows"
+    print(head + (f" -> {output_dir}" if output_dir is not None else ""))
+    print("\n".join(summary_lines(rows)))
+    return rows
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     kept = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
     if kept.size == 0:

@@ -19,7 +19,6 @@ mapped to the ontology before scoring. Structures the reference does not label a
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 
@@ -48,7 +47,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from muscle_pipeline.evaluation import collect_label_files, evaluate_pairs, pair_cases, summarize
+    from muscle_pipeline.evaluation import collect_label_files, evaluate_pairs, pair_cases, summary_lines
 
     label_names = None
     reference_map = getattr(args, "reference_map", None)
@@ -76,22 +75,5 @@ def run(args) -> int:
           f"dice_boxplot.png{extra}")
     if reference_map:
         print(f"  references mapped from {reference_map} to the ontology")
-    for row in summarize(rows):
-        sd = "" if math.isnan(row["dice_sd"]) else f" ± {row['dice_sd']:.3f}"
-        name = f" {row['name']}" if row["name"] else ""
-        print(f"  {row['label']}{name}: Dice {row['dice_mean']:.3f}{sd} (n={row['n']})")
-    print_not_scored(rows.not_scored)
+    print("\n".join(summary_lines(rows)))
     return 0
-
-
-def print_not_scored(not_scored: list[dict]) -> None:
-    """One line per reason: the structures it left out (or merged), with how many cases."""
-    by_reason: dict[str, dict[str, int]] = {}
-    for item in not_scored:
-        names = by_reason.setdefault(item["reason"], {})
-        key = item["name"] or str(item["label"])
-        names[key] = names.get(key, 0) + 1
-    for reason, names in by_reason.items():
-        listed = ", ".join(f"{n}" + (f" ({k} cases)" if k > 1 else "") for n, k in names.items())
-        verb = "merged" if reason.startswith("scored as part of") else "not scored"
-        print(f"  {verb} ({reason}): {listed}")
