@@ -22,7 +22,7 @@ from monai.data import MetaTensor
 
 from muscle_pipeline.errors import UnsupportedImageError
 from muscle_pipeline.profiling import stage as profiled
-from muscle_pipeline.transforms.legs import MirrorToRight, merge_legs, split_legs
+from muscle_pipeline.transforms.legs import LEG_META_KEY, segment_per_leg, split_legs
 from muscle_pipeline.transforms.region import recognize_side
 
 
@@ -111,29 +111,24 @@ def segment_image(
         side_checks = [_check_side(crop, warnings) for crop in crops]
     timings["side_check"] = time.perf_counter() - t0
 
-    mirror = MirrorToRight()
-    leg_maps, legs = [], []
-    for crop, side_check in zip(crops, side_checks):
-        stage(f"segment {crop.side} leg")
+    legs = []
+
+    def predict(right_looking: MetaTensor):
+        leg = right_looking.meta[LEG_META_KEY]
+        stage(f"segment {leg['side']} leg")
         t0 = time.perf_counter()
-        with profiled("mirror_merge"):
-            right_looking = mirror(crop.image, side=crop.side)
         with torch.inference_mode():
             pred = model.predict(right_looking)
-        pred = torch.as_tensor(np.asarray(pred)).reshape(right_looking.shape[1:])
-        meta = {k: v for k, v in right_looking.meta.items() if k != "affine"}
-        pred_mt = MetaTensor(pred[None].to(torch.uint8), affine=right_looking.affine.clone(), meta=meta)
-        pred_mt.applied_operations = list(right_looking.applied_operations)
-        with profiled("mirror_merge"):
-            back = MirrorToRight().inverse(pred_mt, labels=True)
-        leg_maps.append(back)
-        timings[f"model_{crop.side}"] = time.perf_counter() - t0
+        timings[f"model_{leg['side']}"] = time.perf_counter() - t0
+        return torch.as_tensor(np.asarray(pred)).reshape(right_looking.shape[1:])
+
+    for crop, side_check in zip(crops, side_checks):
         legs.append({**{k: crop.info.get(k) for k in ("side", "side_source", "roi_start", "roi_end", "volume_ml",
                                                       "centroid_mm")}, "anatomical_side": side_check})
-
-    stage("merge")
-    with profiled("mirror_merge"):
-        merged = merge_legs(leg_maps, img, legs=[c.info for c in crops])
+    t0 = time.perf_counter()
+    merged = segment_per_leg(img, predict, crops=crops)
+    # mirroring and merging: what the legs took beyond their models
+    timings["mirror_merge"] = time.perf_counter() - t0 - sum(v for k, v in timings.items() if k.startswith("model_"))
     meta = {k: v for k, v in image.meta.items() if k != "affine"}
     out = MetaTensor(merged[0].to(torch.uint8), affine=image.affine.clone(), meta=meta)
     return SegmentationResult(labels=out, legs=legs, timings=timings, warnings=warnings)

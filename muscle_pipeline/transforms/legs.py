@@ -790,25 +790,30 @@ class MirrorToRightd(MapTransform, InvertibleTransform):
 
 
 def segment_per_leg(image: MetaTensor, predict, margin_mm: float = 10.0, side: str | None = None,
-                    n_legs: int | None = None) -> MetaTensor:
-    """Run ``predict`` on every leg of ``image`` as a right leg and merge the label maps.
+                    n_legs: int | None = None, crops: Sequence[LegCrop] | None = None) -> MetaTensor:
+    """Run ``predict`` on every leg of ``image`` as a right leg and merge the label maps: the one
+    split -> mirror -> predict -> un-mirror -> merge path (``segment_image`` runs it).
 
     ``predict(crop) -> label map``: takes a ``(C, X, Y, Z)`` right-looking leg crop (a mirrored
-    left leg, or a right leg) and returns integer ontology labels of shape ``(X, Y, Z)`` or
-    ``(1, X, Y, Z)`` on the crop's grid, with RIGHT values. Left legs' results come back
-    un-mirrored with LEFT values (``base + 100``). Returns a ``(1, X, Y, Z)`` MetaTensor on
-    ``image``'s grid.
+    left leg, or a right leg; ``crop.meta['leg']`` says which) and returns integer ontology labels
+    of shape ``(X, Y, Z)`` or ``(1, X, Y, Z)`` on the crop's grid, with RIGHT values. Left legs'
+    results come back un-mirrored with LEFT values (``base + 100``). ``crops``: legs split
+    earlier by :func:`split_legs` (then ``margin_mm``, ``side``, ``n_legs`` are not used). Returns
+    a ``(1, X, Y, Z)`` uint8 MetaTensor on ``image``'s grid.
     """
-    crops = split_legs(image, margin_mm=margin_mm, side=side, n_legs=n_legs)
+    if crops is None:
+        crops = split_legs(image, margin_mm=margin_mm, side=side, n_legs=n_legs)
     mirror = MirrorToRight()
     results = []
     for crop in crops:
-        mirrored = mirror(crop.image)
-        labels = torch.as_tensor(predict(mirrored))
+        mirrored = mirror(crop.image, side=crop.side)
+        labels = torch.as_tensor(np.asarray(predict(mirrored)))
         if labels.ndim == 3:
             labels = labels[None]
         if tuple(labels.shape[1:]) != tuple(mirrored.shape[1:]):
             raise ValueError(f"predict returned shape {tuple(labels.shape)} for a crop of {tuple(mirrored.shape)}")
-        labels = MetaTensor(labels, meta=dict(mirrored.meta), applied_operations=list(mirrored.applied_operations))
+        meta = {k: v for k, v in mirrored.meta.items() if k != "affine"}
+        labels = MetaTensor(labels.to(torch.uint8), affine=mirrored.affine.clone(), meta=meta,
+                            applied_operations=list(mirrored.applied_operations))
         results.append(mirror.inverse(labels, labels=True))
     return merge_legs(results, image, legs=[c.info for c in crops])
