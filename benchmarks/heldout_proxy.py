@@ -30,7 +30,13 @@ regardless of side; ours must also name the side (a right value on a left leg sc
 A second row runs every drawn leg without the mirroring (a right leg in its place), to separate
 the effect of the side from that of the anatomy.
 
-Results are printed and written to ``benchmarks/results/heldout_proxy.{md,json}``.
+The labelled training leg itself also goes through the segment job once (``in_sample``: what the
+model remembers, the upper bound of the proxy).
+
+Results are printed and written to ``benchmarks/results/heldout_proxy.{md,json}``. ``--publish``
+(only with the shipped ``--model calf_mri``) writes the in-sample and simulated-leg figures into
+``eval_metrics`` of ``bundles/calf_mri/configs/metadata.json`` and the marked block of its
+``docs/README.md`` with the date and machine (``benchmarks/publish.py``).
 """
 from __future__ import annotations
 
@@ -91,6 +97,12 @@ def run(cases: int, seed: int, threads: int, model: str, nnunet: bool) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
+        t0 = time.perf_counter()
+        muscle_pipeline.segment([IMAGE], work / "in_sample", model=model, progress=False, overwrite=True)
+        ours = np.asarray(nib.load(next((work / "in_sample").glob("*/segmentation.nii.gz"))).dataobj)
+        in_sample = dice_table(ours, truth, values)
+        in_sample["mean"] = float(np.mean(list(in_sample.values())))
+        print(f"training leg (in-sample): calf_mri {in_sample['mean']:.3f} ({time.perf_counter() - t0:.1f} s)", flush=True)
         for i in range(cases):
             leg_image, leg_labels = simulate_other_leg(image, truth, seed + i)
             overlap = dice_table(leg_labels, truth, values)
@@ -127,7 +139,7 @@ def run(cases: int, seed: int, threads: int, model: str, nnunet: bool) -> dict:
                       f"calf_mri {row['calf_mri']['mean']:.3f}"
                       + (f"  nnU-Net {row['nnunet_2d']['mean']:.3f}" if "nnunet_2d" in row else ""), flush=True)
     return {"model": model, "cases": cases, "seed": seed, "threads": threads, "rows": rows,
-            "summary": summarise(rows, list(values))}
+            "in_sample": in_sample, "summary": summarise(rows, list(values))}
 
 
 def summarise(rows: list[dict], muscles: list[str]) -> dict:
@@ -161,10 +173,43 @@ def markdown(report: dict) -> str:
         for method, row in summary[key].items():
             lines.append(f"| {key} | {names[method]} | " + " | ".join(f"{row[m]:.3f}" for m in muscles)
                          + f" | **{row['mean']:.3f}** |")
+    if "in_sample" in report:
+        row = report["in_sample"]
+        lines.append(f"| training leg (in-sample) | {names['calf_mri']} | " + " | ".join(f"{row[m]:.3f}" for m in muscles)
+                     + f" | **{row['mean']:.3f}** |")
     if "nnunet_2d" in summary["mirrored"]:
         ratio = summary["mirrored"]["calf_mri"]["mean"] / max(summary["mirrored"]["nnunet_2d"]["mean"], 1e-9)
         lines += ["", f"Dice ratio calf_mri / nnU-Net on the mirrored legs: **{ratio:.3f}**."]
+    if report.get("machine"):
+        lines += ["", f"Measured {report.get('date', '')} on {report['machine']}."]
     return "\n".join(lines) + "\n"
+
+
+def publish_figures(report: dict, output: Path, command: str) -> dict:
+    """calf_mri's eval_metrics and README block from this run (``benchmarks/publish.py``)."""
+    from publish import publish, rounded
+
+    legs = report["summary"]["mirrored"]["calf_mri"]
+    in_sample = report["in_sample"]
+    figures = {
+        "mean_dice_simulated_other_legs": rounded(legs["mean"]),
+        "dice_simulated_other_legs": rounded({m: v for m, v in legs.items() if m != "mean"}),
+        "n_simulated_other_legs": report["cases"],
+        "mean_dice_training_leg_in_sample": rounded(in_sample["mean"]),
+        "dice_training_leg_in_sample": rounded({m: v for m, v in in_sample.items() if m != "mean"}),
+    }
+    muscles = [m for m in legs if m != "mean"]
+    table = ["| evaluation (shipped weights, through the segment job) | " + " | ".join(muscles) + " | mean |",
+             "|---|" + "---|" * (len(muscles) + 1),
+             "| training leg (in-sample) | " + " | ".join(f"{in_sample[m]:.3f}" for m in muscles)
+             + f" | **{in_sample['mean']:.3f}** |",
+             f"| {report['cases']} simulated other legs (unseen; seeds {report['seed']}–{report['seed'] + report['cases'] - 1}, "
+             "flipped into the scan's left half) | " + " | ".join(f"{legs[m]:.3f}" for m in muscles)
+             + f" | **{legs['mean']:.3f}** |"]
+    results = str(output.with_suffix(".md").resolve().relative_to(REPO)) if output.resolve().is_relative_to(REPO) \
+        else str(output.with_suffix(".md"))
+    return publish("calf_mri", "benchmarks/heldout_proxy.py", figures, results=results, command=command,
+                   readme="\n".join(table), date=report.get("date"), machine_text=report.get("machine"))
 
 
 def main(argv=None) -> int:
@@ -175,9 +220,19 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="calf_mri", help="bundle name or folder")
     parser.add_argument("--no-nnunet", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "heldout_proxy")
+    parser.add_argument("--publish", action="store_true",
+                        help="write the figures into bundles/calf_mri (metadata eval_metrics, docs/README.md)")
     args = parser.parse_args(argv)
+    if args.publish and args.model != "calf_mri":
+        parser.error("--publish writes the shipped calf_mri bundle's figures: use it with --model calf_mri")
+    from publish import machine, today
+
     report = run(args.cases, args.seed, args.threads, args.model, not args.no_nnunet)
+    report.update(date=today(), machine=machine())
     print(save(report, args.output))
+    if args.publish:
+        command = ".venv/bin/python benchmarks/heldout_proxy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(json.dumps(publish_figures(report, args.output, command.strip()), indent=1))
     return 0
 
 

@@ -13,7 +13,8 @@ mirrored, side check, fusion, postprocessing):
 
     .venv/bin/python benchmarks/lower_limb_35_atlas.py [--models-dir runs/ll35_v01] [--publish]
 
-``--publish`` writes the figures into ``eval_metrics`` of the bundle's ``configs/metadata.json``
+``--publish`` writes the figures into ``eval_metrics`` of the bundle's ``configs/metadata.json`` and a
+marked block of its ``docs/README.md``, with date and machine, through ``benchmarks/publish.py``
 (measured figures are written by the script that measured them, never by hand).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -123,21 +125,27 @@ def main(argv=None) -> None:
     (RESULTS / "lower_limb_35_atlas.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.publish:
-        publish(report)
+        publish(report, args.models_dir, " ".join([".venv/bin/python benchmarks/lower_limb_35_atlas.py",
+                                                   *(argv if argv is not None else sys.argv[1:])]))
 
 
-def publish(report: dict) -> None:
-    path = REPO / "bundles" / "lower_limb_35" / "configs" / "metadata.json"
-    meta = json.loads(path.read_text())
-    meta["eval_metrics"] = {
-        "source": "benchmarks/lower_limb_35_atlas.py (benchmarks/results/lower_limb_35_atlas.md); trained on the atlas only",
-        "real_calf_dti_mean_dice": round(report["calf_dti"]["mean_dice"], 3),
-        "real_calf_dti_dice": {k: round(v, 3) for k, v in report["calf_dti"]["dice"].items()},
-        "real_pelvis_ct_vs_totalsegmentator_mean_dice": round(report["pelvis_ct"]["mean_dice"], 3),
-        "real_pelvis_ct_vs_totalsegmentator_dice": {k: round(v, 3) for k, v in report["pelvis_ct"]["dice"].items()},
+def publish(report: dict, models_dir, command: str) -> dict:
+    """The figures into lower_limb_35's metadata eval_metrics and README block (benchmarks/publish.py)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from publish import publish as publish_to_bundle, rounded
+
+    figures = {
+        "real_calf_dti_mean_dice": rounded(report["calf_dti"]["mean_dice"]),
+        "real_calf_dti_dice": rounded(report["calf_dti"]["dice"]),
+        "real_pelvis_ct_vs_totalsegmentator_mean_dice": rounded(report["pelvis_ct"]["mean_dice"]),
+        "real_pelvis_ct_vs_totalsegmentator_dice": rounded(report["pelvis_ct"]["dice"]),
         "real_unlabelled_muscles_found": {k: v["count"] for k, v in report["unlabelled"].items()},
     }
-    path.write_text(json.dumps(meta, indent=4) + "\n")
+    return publish_to_bundle("lower_limb_35", "benchmarks/lower_limb_35_atlas.py", figures,
+                             results="benchmarks/results/lower_limb_35_atlas.md", command=command,
+                             readme=f"Trained on the atlas only (weights: {models_dir or 'bundle models/'}): real DTI "
+                                    f"calf mean Dice {report['calf_dti']['mean_dice']:.3f}, pelvis CT vs TotalSegmentator "
+                                    f"{report['pelvis_ct']['mean_dice']:.3f}.")
 
 
 if __name__ == "__main__":
