@@ -20,6 +20,7 @@ with a torchvision-style ResNet-34 state dict (e.g. ImageNet weights a user alre
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -27,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from monai.networks.layers.factories import Pool
 from monai.networks.nets import FlexibleUNet
 
 from muscle_pipeline.errors import ModelError
@@ -53,6 +55,45 @@ def build_network(backbone: str = DEFAULT_BACKBONE, decoder_channels=DEFAULT_DEC
     """A FlexibleUNet: input ``(N, 3, W, H)`` in [0, 1], output logits ``(N, num_classes, W, H)``.
     W and H must be multiples of 32."""
     return FlexibleUNet(**network_kwargs(backbone, decoder_channels, num_classes))
+
+
+class ZeroPadShortcut(torch.nn.Module):
+    """The parameter-free (type A) ResNet shortcut as a module: average pooling with kernel 1 and
+    the block's stride, then zero channels up to ``planes``.
+
+    MONAI's ResNet-18/34 build this shortcut as a ``functools.partial`` of
+    ``ResNet._downsample_basic_block``, which TorchScript cannot script (a partial is no
+    TorchScript type) and ``torch.jit.trace`` records wrongly (it uses ``out.data``, so the traced
+    graph keeps the trace input's residual as a constant: the traced network answers differently
+    and only for the traced shape). Same arithmetic here, ``detach`` for ``.data``.
+    """
+
+    def __init__(self, planes: int, stride: int, spatial_dims: int = 2) -> None:
+        super().__init__()
+        self.planes = int(planes)
+        self.pool = Pool[Pool.AVG, spatial_dims](kernel_size=1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(x)
+        size = [out.size(0), self.planes - out.size(1)] + list(out.shape[2:])
+        return torch.cat([out.detach(), torch.zeros(size, dtype=out.dtype, device=out.device)], dim=1)
+
+
+def scriptable_shortcuts(network: torch.nn.Module) -> torch.nn.Module:
+    """Replace every type-A shortcut partial of ``network``'s ResNet blocks by :class:`ZeroPadShortcut`
+    (in place; no parameter changes, so checkpoints load as before and outputs are identical)."""
+    for module in network.modules():
+        shortcut = getattr(module, "downsample", None)
+        if isinstance(shortcut, functools.partial):
+            kw = shortcut.keywords
+            module.downsample = ZeroPadShortcut(kw["planes"], kw["stride"], kw.get("spatial_dims", 2))
+    return network
+
+
+def flexible_unet(**kwargs) -> FlexibleUNet:
+    """``FlexibleUNet(**kwargs)`` that TorchScript can script (:func:`scriptable_shortcuts`): what the
+    bundle's ``network_def`` builds, so ``python -m monai.bundle ckpt_export network_def ...`` works."""
+    return scriptable_shortcuts(FlexibleUNet(**kwargs))
 
 
 def load_encoder_weights(network: FlexibleUNet, path: str | Path | None) -> FlexibleUNet:
@@ -248,7 +289,8 @@ def default_model_path() -> Path:
 
 
 __all__ = [
-    "build_network", "network_kwargs", "network_kwargs_of", "load_encoder_weights", "initialise", "save_checkpoint",
+    "build_network", "flexible_unet", "scriptable_shortcuts", "ZeroPadShortcut", "network_kwargs", "network_kwargs_of",
+    "load_encoder_weights", "initialise", "save_checkpoint",
     "save_quantized", "quantize_state_dict", "dequantize_state_dict", "read_checkpoint", "checkpoint_image_size",
     "load_weights", "load_network", "bundle_path", "default_model_path", "QUANTIZED_FORMAT", "DEFAULT_DECODER_CHANNELS",
 ]
