@@ -74,6 +74,34 @@ def groups_for(structures: list[str], overrides: dict | None = None) -> dict[str
     return groups
 
 
+
+def prepare_grids(image: MetaTensor | None, stage1_spacing, stage2_spacing, intensity=None, bias_correction=None,
+                  labels: MetaTensor | None = None) -> dict:
+    """The cascade's preprocessing, the same for training and inference: RAS orientation, the
+    stage-2 grid (image bilinear, labels nearest), N4 when the bundle has it, the bundle's
+    intensity transform, then the coarser stage-1 grid.
+
+    ``image`` / ``labels``: (1, X, Y, Z) MetaTensors on one grid (either may be None). Returns
+    ``{"image2", "image1"}`` and/or ``{"label2", "label1"}``.
+    """
+    out = {}
+    if image is not None:
+        with stage("preprocess"):
+            img2 = Spacing(pixdim=stage2_spacing, mode="bilinear")(Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
+        if bias_correction is not None:
+            with stage("n4"):
+                img2 = bias_correction(img2)
+        with stage("preprocess"):
+            img2 = intensity(img2) if intensity is not None else img2
+            out["image2"] = img2
+            out["image1"] = Spacing(pixdim=stage1_spacing, mode="bilinear")(img2)
+    if labels is not None:
+        lab2 = Spacing(pixdim=stage2_spacing, mode="nearest")(Orientation(axcodes="RAS", labels=RAS_LABELS)(labels))
+        out["label2"] = lab2
+        out["label1"] = Spacing(pixdim=stage1_spacing, mode="nearest")(lab2)
+    return out
+
+
 class CascadeModel:
     """Stage 1 (localise) → stage 2 (refine per muscle) → fusion → post-processing.
 
@@ -106,17 +134,9 @@ class CascadeModel:
     # --- preprocessing -------------------------------------------------------------------------
     def preprocess(self, image: MetaTensor) -> tuple[MetaTensor, MetaTensor]:
         """(1, X, Y, Z) input → (stage-1 image, stage-2 image), both RAS-oriented and normalised."""
-        image = _as_meta(image)
-        with stage("preprocess"):
-            img2 = Orientation(axcodes="RAS", labels=RAS_LABELS)(image)
-            img2 = Spacing(pixdim=self.stage2_spacing, mode="bilinear")(img2)
-        if self.bias_correction is not None:
-            with stage("n4"):
-                img2 = self.bias_correction(img2)
-        with stage("preprocess"):
-            img2 = self.intensity(img2)
-            img1 = Spacing(pixdim=self.stage1_spacing, mode="bilinear")(img2)
-        return _as_meta(img1), _as_meta(img2)
+        grids = prepare_grids(_as_meta(image), self.stage1_spacing, self.stage2_spacing, self.intensity,
+                              self.bias_correction)
+        return _as_meta(grids["image1"]), _as_meta(grids["image2"])
 
     # --- prediction ----------------------------------------------------------------------------
     def _local_probabilities(self, image: MetaTensor, progress: bool):

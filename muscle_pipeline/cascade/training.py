@@ -22,16 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor, get_track_meta, set_track_meta
-from monai.transforms import LoadImage, Orientation, RandSpatialCropd, Spacing, SpatialPadd
+from monai.transforms import LoadImage, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
 
 from .. import labels as ontology
 from ..training_loop import fit
 from .boxes import Box, BoxPriors, box_from_mask
-from .model import groups_for, read_bundle_config, right_value
-
-# Our affines are voxel -> RAS+ mm; say so rather than rely on the MetaTensor's "space" (MONAI 1.6 warns).
-RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+from .model import groups_for, prepare_grids, read_bundle_config, right_value
 
 __all__ = ["mirror_world_x", "load_case", "load_scene", "one_side", "split_sides", "load_side_cases", "structure_lut",
            "annotated_structures", "source_name", "group_lut", "prepare_case", "prepare_scene", "default_synthesis", "evaluate_cascade", "CascadeTrainer"]
@@ -295,25 +292,19 @@ def evaluate_cascade(model, dataset: list[dict], output_file: str | None = None)
 def prepare_scene(scene: MetaTensor, cascade, structures: list[str]) -> dict:
     """Bring a (right-looking) label scene to the cascade's two grids: ``scene1``/``scene2`` keep
     every value (to draw images from), ``label1``/``label2`` hold the bundle's structures."""
-    lab2 = Spacing(pixdim=cascade["stage2_spacing"], mode="nearest")(Orientation(axcodes="RAS", labels=RAS_LABELS)(scene))
-    lab1 = Spacing(pixdim=cascade["stage1_spacing"], mode="nearest")(lab2)
+    grids = prepare_grids(None, cascade["stage1_spacing"], cascade["stage2_spacing"], labels=scene)
     lut = torch.as_tensor(structure_lut(structures).astype(np.int64))
-    out = {"scene2": lab2, "scene1": lab1}
-    for key, lab in (("label2", lab2), ("label1", lab1)):
+    out = {"scene2": grids["label2"], "scene1": grids["label1"]}
+    for key, lab in (("label2", grids["label2"]), ("label1", grids["label1"])):
         out[key] = MetaTensor(lut[_plain(lab).round().long().clamp(0, 255)].to(torch.uint8), affine=lab.affine)
     return out
 
 
 def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
-    """Bring a (right-looking) case to the cascade's two grids with its preprocessing."""
-    img2 = Spacing(pixdim=cascade["stage2_spacing"], mode="bilinear")(Orientation(axcodes="RAS", labels=RAS_LABELS)(image))
-    lab2 = Spacing(pixdim=cascade["stage2_spacing"], mode="nearest")(Orientation(axcodes="RAS", labels=RAS_LABELS)(labels))
-    if cascade.get("bias_correction") is not None:
-        img2 = cascade["bias_correction"](img2)
-    img2 = cascade["intensity"](img2)
-    img1 = Spacing(pixdim=cascade["stage1_spacing"], mode="bilinear")(img2)
-    lab1 = Spacing(pixdim=cascade["stage1_spacing"], mode="nearest")(lab2)
-    return {"image2": img2.float(), "label2": lab2, "image1": img1.float(), "label1": lab1}
+    """Bring a (right-looking) case to the cascade's two grids with the inference preprocessing."""
+    grids = prepare_grids(image, cascade["stage1_spacing"], cascade["stage2_spacing"], cascade["intensity"],
+                          cascade.get("bias_correction"), labels=labels)
+    return {**grids, "image2": grids["image2"].float(), "image1": grids["image1"].float()}
 
 
 def _plain(x) -> torch.Tensor:
@@ -570,17 +561,20 @@ class CascadeTrainer:
         # plain tensors through the augmentation: MetaTensor bookkeeping doubles its cost on CPU
         track_meta = get_track_meta()
         set_track_meta(False)
-        probes = {}
-        if self.probe_samples > 0:
-            probe_rng = np.random.default_rng(self.seed + 10_000)
-            for source in dict.fromkeys(sources):
-                indices = [i for i, s in enumerate(sources) if s == source]
-                probes[source] = [sample(probe_rng, int(probe_rng.choice(indices))) for _ in range(self.probe_samples)]
-        result = fit(network, lambda: [sample(rng) for _ in range(self.batch_size)], iterations, self.loss,
-                     optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, lr=self.lr, device=self.device,
-                     what=what, probes=probes, distributed=self.distributed)
-        set_track_meta(track_meta)
-        set_determinism(None)
+        try:
+            probes = {}
+            if self.probe_samples > 0:
+                probe_rng = np.random.default_rng(self.seed + 10_000)
+                for source in dict.fromkeys(sources):
+                    indices = [i for i, s in enumerate(sources) if s == source]
+                    probes[source] = [sample(probe_rng, int(probe_rng.choice(indices)))
+                                      for _ in range(self.probe_samples)]
+            result = fit(network, lambda: [sample(rng) for _ in range(self.batch_size)], iterations, self.loss,
+                         optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, lr=self.lr, device=self.device,
+                         what=what, probes=probes, distributed=self.distributed)
+        finally:  # a failed run must not leave MONAI without metadata for everything after it
+            set_track_meta(track_meta)
+            set_determinism(None)
         self.losses[what] = result["losses"]
         self.probe_losses[what] = result["probes"]
         return result
