@@ -204,7 +204,9 @@ def clean_labels(labels: np.ndarray, affine, closing_mm: float = 3.0) -> np.ndar
     """Per label: largest component, closing (``closing_mm``), hole filling (``muscle_pipeline.postprocess``)."""
     from ..postprocess import clean_label_map
 
-    spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
+    from ..transforms.legs import voxel_spacing
+
+    spacing = voxel_spacing(affine)
     return np.asarray(clean_label_map(np.asarray(labels, np.uint8), spacing=tuple(spacing), closing_mm=closing_mm))
 
 

@@ -20,6 +20,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from muscle_pipeline.transforms.intensity import otsu_body_mask
+from muscle_pipeline.transforms.legs import voxel_spacing
 
 __all__ = [
     "N4BiasFieldCorrection",
@@ -33,10 +34,6 @@ __all__ = [
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
-
-
 def to_sitk_image(volume: np.ndarray, affine: np.ndarray | None = None) -> sitk.Image:
     """A spatial ``(X, Y, Z)`` array with a voxel->RAS mm ``affine`` as a SimpleITK image.
 
@@ -48,7 +45,7 @@ def to_sitk_image(volume: np.ndarray, affine: np.ndarray | None = None) -> sitk.
     if affine is None:
         return image
     affine = np.asarray(affine, dtype=float)
-    spacing = _spacing(affine)
+    spacing = voxel_spacing(affine)
     u, _, vt = np.linalg.svd(affine[:3, :3] / spacing)
     direction = _RAS_TO_LPS @ (u @ vt)
     image.SetSpacing([float(s) for s in spacing])
@@ -218,7 +215,7 @@ def low_frequency_nonuniformity(volume: NdarrayOrTensor, affine: NdarrayOrTensor
     tissue = np.zeros_like(body)
     tissue[body] = classes == dominant
 
-    spacing = np.ones(3) if affine_np is None else _spacing(affine_np)
+    spacing = np.ones(3) if affine_np is None else voxel_spacing(affine_np)
     block = np.maximum(1, np.round(block_mm / spacing)).astype(int)
     medians = []
     for i in range(0, values.shape[0], block[0]):

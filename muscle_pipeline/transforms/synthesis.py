@@ -35,6 +35,7 @@ from monai.transforms import (Compose, GaussianSmooth, MapTransform, Rand3DElast
 from scipy import ndimage
 
 from muscle_pipeline import labels as ontology
+from muscle_pipeline.transforms.legs import voxel_spacing
 
 __all__ = ["SynthesizeImage", "SynthesizeImaged", "RandMuscleSize", "RandMuscleSized", "RandFieldOfViewd",
            "synthesis_pipeline", "tissue_class_lut", "TISSUES", "MR_MODES"]
@@ -82,7 +83,7 @@ def _spacing_of(label, default) -> np.ndarray:
     if default is not None:
         return np.broadcast_to(np.asarray(default, float), (3,)).copy()
     if isinstance(label, MetaTensor):
-        return np.linalg.norm(np.asarray(label.affine, float)[:3, :3], axis=0)
+        return voxel_spacing(label.affine)
     return np.ones(3)
 
 
