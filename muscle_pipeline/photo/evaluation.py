@@ -15,36 +15,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from muscle_pipeline.metrics import ConfusionMatrix
 from muscle_pipeline.photo import CLASS_NAMES, NUM_CLASSES
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """(num_classes, num_classes) int64 counts, rows = label, columns = prediction.
-
-    ``pred`` and ``target`` hold class indices and have the same shape (any)."""
-    pred = torch.as_tensor(pred).reshape(-1).long().cpu()
-    target = torch.as_tensor(target).reshape(-1).long().cpu()
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction has {pred.numel()} pixels, label {target.numel()}")
-    index = target * num_classes + pred
-    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    """(num_classes, num_classes) int64 counts, rows = label, columns = prediction
+    (:class:`muscle_pipeline.metrics.ConfusionMatrix`). ``pred`` and ``target`` hold class indices
+    and have the same shape (any)."""
+    matrix = ConfusionMatrix(num_classes).update(torch.as_tensor(pred).detach().cpu(), torch.as_tensor(target).detach().cpu())
+    return torch.as_tensor(matrix.matrix)
 
 
 def scores(confusion: torch.Tensor | np.ndarray, class_names=CLASS_NAMES) -> dict:
     """IoU per class, mIoU (all classes present), mIoU of the muscles, pixel accuracy."""
-    cm = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    present = union > 0
-    iou = np.where(present, tp / np.maximum(union, 1), np.nan)
-    muscles = present.copy()
-    muscles[0] = False
+    matrix = ConfusionMatrix(len(class_names))
+    matrix.matrix = np.asarray(confusion, dtype=np.int64)
+    result = matrix.result()
     return {
-        "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
-        "miou": float(np.nanmean(iou)) if present.any() else float("nan"),
-        "miou_muscles": float(np.mean(iou[muscles])) if muscles.any() else float("nan"),
-        "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "pixels": int(cm.sum()),
+        "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, result["iou"])},
+        "miou": result["miou"],
+        "miou_muscles": matrix.result(include_background=False)["miou"],
+        "pixel_accuracy": result["pixel_accuracy"] if matrix.matrix.sum() else 0.0,
+        "pixels": int(matrix.matrix.sum()),
     }
 
 
