@@ -1,8 +1,9 @@
 """Training of a bundle's cascade (stage 1 and the per-muscle stage-2 models).
 
-Cases are right-leg-looking crops: a left side is mirrored by reflecting the world x axis of its
-affine (the array is untouched; the cascade reorients to RAS, so the anatomy then looks like a
-right leg) and its label values are mapped to the right-side (base) values.
+Cases are right-leg-looking crops cut exactly as inference cuts them: legs split at the body
+mask's valley, a left leg mirrored by ``MirrorToRight`` (array flipped, world x reflected) with
+its label values swapped to the right-side (base) values; both preprocessed by the inference's
+``prepare_grids``.
 
 A dataset entry with ``"synthesize": true`` has a label map and no image (the completed
 anatomical atlas, :func:`muscle_pipeline.atlas.training_entries`): every training draw crops the
@@ -30,20 +31,10 @@ from ..training_loop import fit
 from .boxes import Box, BoxPriors, box_from_mask
 from .model import groups_for, prepare_grids, read_bundle_config, right_value
 
-__all__ = ["mirror_world_x", "load_case", "load_scene", "one_side", "split_sides", "load_side_cases", "structure_lut",
+__all__ = ["load_case", "load_scene", "one_side", "load_side_cases", "structure_lut",
            "annotated_structures", "source_name", "group_lut", "prepare_case", "prepare_scene", "default_synthesis", "evaluate_cascade", "CascadeTrainer"]
 
 log = logging.getLogger(__name__)
-
-REFLECT_X = np.diag([-1.0, 1.0, 1.0, 1.0])
-
-
-def mirror_world_x(image: MetaTensor) -> MetaTensor:
-    """Reflect world x (left ↔ right) by changing only the affine: a left leg then looks like a right one."""
-    out = image.clone()
-    out.affine = torch.as_tensor(REFLECT_X @ np.asarray(image.affine, float))
-    return out
-
 
 def _structure_of_value(value: int, label_map: dict) -> tuple[str, str | None]:
     name = label_map[value]
@@ -99,48 +90,16 @@ def one_side(lab: np.ndarray, side: str, keep_unsided: bool = False) -> np.ndarr
     return _SWAP_SIDES[out] if side == "left" else out
 
 
-def split_sides(image: MetaTensor, labels: MetaTensor, keep_unsided: bool = False) -> list[tuple[MetaTensor, MetaTensor]]:
-    """Split a two-sided case at the world-x midline between right- and left-labelled voxels.
-
-    Returns ``[right, left_mirrored]``, each a right-leg-looking (image, labels) pair with
-    right-side values. The midline is the mean of the right and left label centroids' x (mm).
-    ``image`` may be the labels themselves (a label scene to synthesise from).
-    """
-    lab = np.asarray(labels[0])
-    affine = np.asarray(image.affine, float)
-    idx = np.argwhere(lab > 0)
-    world = idx @ affine[:3, :3].T + affine[:3, 3]
-    vals = lab[tuple(idx.T)]
-    sides = {int(v): _side_of(int(v)) for v in np.unique(vals)}
-    side = np.array([sides[int(v)] for v in vals], dtype=object)
-    midline = (world[side == "right", 0].mean() + world[side == "left", 0].mean()) / 2
-    # world x of every index along each array axis: find the axis that carries x
-    x_axis = int(np.argmax(np.abs(affine[0, :3])))
-    coords = affine[0, x_axis] * np.arange(image.shape[1 + x_axis]) + affine[0, 3]
-    out = []
-    for keep_right in (True, False):
-        sel = coords > midline if keep_right else coords <= midline
-        sl = [slice(None)] * 4
-        hits = np.nonzero(sel)[0]
-        sl[1 + x_axis] = slice(int(hits.min()), int(hits.max()) + 1)
-        start = [0, 0, 0]
-        start[x_axis] = int(hits.min())
-        crop_affine = Box(tuple(start), (0, 0, 0)).affine_of_crop(affine)
-        img = MetaTensor(image[tuple(sl)].as_tensor().clone(), affine=torch.as_tensor(crop_affine))
-        lb = one_side(np.asarray(labels[tuple(sl)]), "right" if keep_right else "left", keep_unsided)
-        lbl = MetaTensor(torch.as_tensor(lb), affine=torch.as_tensor(crop_affine))
-        if not keep_right:
-            img, lbl = mirror_world_x(img), mirror_world_x(lbl)
-        out.append((img, lbl))
-    return out
-
-
 def load_side_cases(entry: dict) -> list[tuple[MetaTensor, MetaTensor]]:
-    """Right-leg-looking (image, labels) pairs of one dataset entry.
+    """Right-leg-looking (image, labels) pairs of one dataset entry, cut and mirrored as inference
+    cuts and mirrors (:func:`~muscle_pipeline.transforms.legs.right_looking_legs`), with the
+    leg's own structures on right-side values and the other leg's removed.
 
     ``entry``: ``{"image", "label", "label_map", "sides"}``; ``sides`` is ``"right"`` (as is),
-    ``"left"`` (mirrored, values made right-side) or ``"both"`` (split at the midline).
+    ``"left"`` (mirrored) or ``"both"`` (legs split, right first, the left mirrored).
     """
+    from ..transforms.legs import MirrorToRight, right_looking_legs
+
     synthesize = bool(entry.get("synthesize"))
     if synthesize:  # a label scene: the "image" is the labels themselves, images are drawn later
         labels = load_scene(entry["label"], entry.get("label_map"))
@@ -148,16 +107,20 @@ def load_side_cases(entry: dict) -> list[tuple[MetaTensor, MetaTensor]]:
     else:
         image, labels = load_case(entry["image"], entry["label"], entry["label_map"])
     sides = entry.get("sides", "right")
-    if sides == "both":
-        return split_sides(image, labels, keep_unsided=synthesize)
-    if sides not in ("right", "left"):
+    if sides == "right":
+        legs = [(image, labels)]
+    elif sides == "left":
+        legs = [(MirrorToRight()(image, side="left"), MirrorToRight(labels=True)(labels, side="left"))]
+    elif sides == "both":
+        crops = right_looking_legs(image, labels, threshold=0.5 if synthesize else None)
+        legs = [(c["image"], c["label"]) for c in sorted(crops, key=lambda c: c["side"] != "right")]
+    else:
         raise ValueError(f"sides must be 'right', 'left' or 'both', got {sides!r}")
-    lab = MetaTensor(torch.as_tensor(one_side(np.asarray(labels), sides, keep_unsided=synthesize)), affine=labels.affine)
-    if synthesize:
-        image = lab
-    if sides == "left":
-        return [(mirror_world_x(image), mirror_world_x(lab))]
-    return [(image, lab)]
+    out = []
+    for img, lab in legs:
+        kept = MetaTensor(torch.as_tensor(one_side(np.asarray(lab), "right", keep_unsided=synthesize)), affine=lab.affine)
+        out.append((kept if synthesize else img, kept))
+    return out
 
 
 def load_scene(label_path: str, label_map: str | dict | None = None) -> MetaTensor:

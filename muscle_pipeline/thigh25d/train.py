@@ -37,7 +37,7 @@ from muscle_pipeline.thigh25d.network import baseline_unet3d, simple_unet2d
 from muscle_pipeline.thigh25d.preprocess import ThighCTPreprocess
 from muscle_pipeline.thigh25d.slices import VIEWS, NeighbourSlices
 from muscle_pipeline.training_loop import fit
-from muscle_pipeline.transforms.legs import MirrorToRight, split_legs
+from muscle_pipeline.transforms.legs import right_looking_legs
 
 __all__ = ["leg_crops", "class_map", "dataset_from_dir", "prepare_cases", "train_slices", "train_volume",
            "Thigh25DTrainer", "DEFAULT_THIGH_STRUCTURES", "merge_rank_info"]
@@ -60,24 +60,8 @@ DEFAULT_THIGH_STRUCTURES = (
 # data
 def leg_crops(image: MetaTensor, label: MetaTensor, sides: Sequence[str] | None = None,
               margin_mm: float = 15.0) -> list[dict]:
-    """Cut a scan and its ontology label map into right-looking leg crops.
-
-    ``image``/``label``: ``(X, Y, Z)`` or ``(1, X, Y, Z)`` MetaTensors on one grid. Returns
-    ``[{"image": (1, ...), "label": (1, ...), "side": ...}]`` for the legs in ``sides`` (default
-    both), left legs mirrored with their label values swapped to the right side.
-    """
-    image = image if image.ndim == 4 else image[None]
-    label = label if label.ndim == 4 else label[None]
-    crops = split_legs(image, margin_mm=margin_mm)
-    label_crops = split_legs(label, like=crops)
-    out = []
-    for crop, label_crop in zip(crops, label_crops):
-        if sides is not None and crop.side not in sides:
-            continue
-        out.append({"image": MirrorToRight()(crop.image, side=crop.side),
-                    "label": MirrorToRight(labels=True)(label_crop.image, side=crop.side),
-                    "side": crop.side})
-    return out
+    """Right-looking leg crops cut as inference cuts them (:func:`~muscle_pipeline.transforms.legs.right_looking_legs`)."""
+    return right_looking_legs(image, label, sides, margin_mm)
 
 
 def class_map(label: torch.Tensor, structures: Sequence[str]) -> torch.Tensor:

@@ -622,13 +622,40 @@ class SplitLegsd(MapTransform, InvertibleTransform):
 
 
 def split_legs(image: MetaTensor, margin_mm: float = 10.0, side: str | None = None,
-               n_legs: int | None = None, like: Sequence[LegCrop] | None = None) -> list[LegCrop]:
+               n_legs: int | None = None, like: Sequence[LegCrop] | None = None,
+               threshold: float | None = None) -> list[LegCrop]:
     """Split ``image`` into legs (left first). ``like``: reuse the crops of an earlier split (for a
-    label map on the same grid)."""
-    splitter = SplitLegs(margin_mm=margin_mm, side=side, n_legs=n_legs)
+    label map on the same grid). ``threshold``: body = image above it (None: found from the
+    intensities; 0.5 for a label map)."""
+    splitter = SplitLegs(margin_mm=margin_mm, side=side, n_legs=n_legs, threshold=threshold)
     legs = None if like is None else [c.info for c in like]
     crops = splitter(image, legs=legs)
     return [LegCrop(c, c.meta[LEG_META_KEY]["side"], c.meta[LEG_META_KEY]) for c in crops]
+
+
+def right_looking_legs(image: MetaTensor, label: MetaTensor, sides: Sequence[str] | None = None,
+                       margin_mm: float = 15.0, threshold: float | None = None) -> list[dict]:
+    """The training twin of :func:`segment_per_leg`: cut a scan and its ontology label map into
+    legs exactly as inference does, left legs mirrored with their label values swapped to the
+    right side, so a network trains on the crops it will be given.
+
+    ``image``/``label``: ``(X, Y, Z)`` or ``(1, X, Y, Z)`` MetaTensors on one grid (``image`` may be
+    the label map itself, a scene to synthesise from: then give ``threshold=0.5``). Returns
+    ``[{"image": (1, ...), "label": (1, ...), "side": ...}]`` for the legs in ``sides`` (default
+    both), left first.
+    """
+    image = image if image.ndim == 4 else image[None]
+    label = label if label.ndim == 4 else label[None]
+    crops = split_legs(image, margin_mm=margin_mm, threshold=threshold)
+    label_crops = split_legs(label, like=crops)
+    out = []
+    for crop, label_crop in zip(crops, label_crops):
+        if sides is not None and crop.side not in sides:
+            continue
+        out.append({"image": MirrorToRight()(crop.image, side=crop.side),
+                    "label": MirrorToRight(labels=True)(label_crop.image, side=crop.side),
+                    "side": crop.side})
+    return out
 
 
 def merge_legs(leg_label_maps: Sequence, original: MetaTensor, legs: Sequence[Mapping] | None = None) -> MetaTensor:

@@ -36,7 +36,8 @@ from monai.data import MetaTensor
 
 from muscle_pipeline.cascade import Box, bundle_path, load_cascade
 from muscle_pipeline.cascade.model import right_value
-from muscle_pipeline.cascade.training import CascadeTrainer, load_case, mirror_world_x
+from muscle_pipeline.cascade.training import CascadeTrainer, load_case
+from muscle_pipeline.transforms.legs import MirrorToRight
 from muscle_pipeline.metrics import dice
 
 
@@ -56,7 +57,7 @@ def deformed_mirror(image: MetaTensor, labels: MetaTensor, seed: int = 1, mirror
     d = RandAdjustContrastd("image", prob=1.0, gamma=(1.3, 1.4)).set_random_state(seed)(d)
     img = MetaTensor(torch.as_tensor(d["image"]).float(), affine=image.affine)
     lab = MetaTensor(torch.as_tensor(d["label"]).round().to(torch.uint8), affine=labels.affine)
-    return (mirror_world_x(img), mirror_world_x(lab)) if mirror else (img, lab)
+    return (MirrorToRight()(img, side="left"), MirrorToRight(labels=True)(lab, side="left")) if mirror else (img, lab)
 
 
 def main(argv=None) -> int:
