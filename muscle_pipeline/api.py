@@ -29,34 +29,25 @@ from muscle_pipeline.quantify import implausible_volumes, measure_volumes, write
 from muscle_pipeline.segmentation import segment_image
 
 MODELS = ("auto", "calf_mri", "hip_ct", "thigh_ct_25d", "lower_limb_35")
-DEFAULT_LOADER = "muscle_pipeline.cascade:load_cascade"
 
 
-def load_model(model: str | Path = "calf_mri", device: str = "cpu"):
+def load_model(model: str | Path = "calf_mri", device: str = "cpu", **overrides):
     """Load a shipped model by name (``calf_mri``, ``hip_ct``, ``thigh_ct_25d``) or a bundle folder.
 
-    The bundle's ``configs/inference.json`` may name its loader (``"loader": "module:function"``);
-    cascade bundles need not. The returned object has ``structures``, ``modality`` and
-    ``predict(image (1, X, Y, Z)) -> (X, Y, Z)`` right-side ontology values on the same grid.
+    :func:`muscle_pipeline.bundle.load_predictor`: the bundle's ``configs/inference.json`` may name
+    its loader (``"loader": "module:function"``); cascade bundles need not. ``overrides`` set config
+    ids (``n_jitter=2``) as on the bundle command line. The returned object has ``structures``,
+    ``modality`` and ``predict(image (1, X, Y, Z)) -> (X, Y, Z)`` right-side ontology values on the
+    same grid.
     """
-    import importlib
-
-    from muscle_pipeline.cascade.model import bundle_path
+    from muscle_pipeline.bundle import load_predictor
 
     try:
-        root = bundle_path(model)
+        return load_predictor(model, device=device, **overrides)
     except FileNotFoundError as exc:
         raise ModelError(f"model {model!r}: {exc}") from None
-    try:
-        config = json.loads((root / "configs" / "inference.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model {model!r}: cannot read {root}/configs/inference.json ({exc})") from None
-    module_name, _, function = str(config.get("loader", DEFAULT_LOADER)).partition(":")
-    loader = getattr(importlib.import_module(module_name), function)
-    try:
-        return loader(root, device=device)
-    except FileNotFoundError as exc:
-        raise ModelError(f"model {model!r}: {exc}") from None
+    except ValueError as exc:  # an unreadable inference.json
+        raise ModelError(f"model {model!r}: cannot read its configs/inference.json ({exc})") from None
 
 
 def _model_values(model) -> list[int]:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Orientation, SpatialResample, Spacing
 
 from .. import labels as ontology
+from ..bundle import bundle_path, read_bundle_config
 from ..profiling import stage
 from .boxes import BoxPriors, WorldBox
 from .fuse import fuse_local_probabilities
@@ -30,30 +30,6 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 __all__ = ["CascadeModel", "build_cascade", "load_cascade", "bundle_path", "read_bundle_config", "right_value"]
 
 log = logging.getLogger(__name__)
-
-
-def bundle_path(bundle: str | os.PathLike) -> Path:
-    """A bundle folder from a shipped bundle name (``"calf_mri"``) or a path given as a path.
-
-    Names resolve to the shipped bundles only (``$MUSCLE_PIPELINE_BUNDLES``, the repository's
-    ``bundles/``, the installed package's ``muscle_pipeline/data/bundles``), never to a folder of
-    that name in the working directory: see :func:`muscle_pipeline.routing.resolve_bundle`.
-    """
-    from ..errors import ModelError
-    from ..routing import resolve_bundle
-
-    try:
-        return resolve_bundle(bundle)
-    except ModelError as exc:
-        raise FileNotFoundError(str(exc)) from None
-
-
-def read_bundle_config(bundle: str | os.PathLike, name: str = "inference.json") -> ConfigParser:
-    root = bundle_path(bundle)
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / name))
-    parser["bundle_root"] = str(root)
-    return parser
 
 
 def right_value(structure_name: str) -> int:
@@ -260,12 +236,9 @@ def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu",
 
     ``models_dir``: weights folder other than the bundle's ``models/`` (e.g. a fresh training run).
     """
-    parser = read_bundle_config(bundle)
-    parser["device"] = str(device)
+    parser = read_bundle_config(bundle, device=str(device), **overrides)
     if models_dir is not None:
         parser["models_dir"] = str(models_dir)
-    for key, value in overrides.items():
-        parser[key] = value
     if isinstance(parser.get("cascade"), dict):
         return parser.get_parsed_content("cascade")
     # a bundle copied before build_cascade existed: its "cascade" item calls load_cascade itself

@@ -279,8 +279,10 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 
 
 def bundle_path() -> Path:
-    """The ``bundles/gym_photo`` folder of this checkout (configs, docs, shipped model)."""
-    return Path(__file__).resolve().parents[2] / "bundles" / "gym_photo"
+    """The ``gym_photo`` bundle folder (configs, docs, shipped model), found like every bundle."""
+    from muscle_pipeline.bundle import bundle_path as find_bundle
+
+    return find_bundle("gym_photo")
 
 
 def default_model_path() -> Path:

@@ -30,7 +30,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
-from muscle_pipeline.cascade.model import bundle_path, read_bundle_config, right_value
+from muscle_pipeline.bundle import read_bundle_config
+from muscle_pipeline.cascade.model import right_value
 from muscle_pipeline.postprocess import keep_largest_component
 from muscle_pipeline.thigh25d.preprocess import PreparedLeg, ThighCTPreprocess, to_input_grid
 from muscle_pipeline.thigh25d.slices import VIEWS, view_logits
@@ -172,9 +173,7 @@ def load_model(bundle: str | os.PathLike = "thigh_ct_25d", device: str | torch.d
     the bundle's ``inference.json`` passes its own parsed values this way, so that command-line
     overrides of ``monai.bundle run`` reach the model.
     """
-    parser = read_bundle_config(bundle_path(bundle))
-    for key, value in overrides.items():
-        parser[key] = value
+    parser = read_bundle_config(bundle, **overrides)
     models = Path(models_dir) if models_dir is not None else Path(parser["bundle_root"]) / "models"
     # the weights define the classes: a training run records its structures beside them
     info = models / "train_info.json"
