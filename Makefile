@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean nnunet-env bench
+.PHONY: demo test test-all install clean nnunet-env bench
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# `make test` (what CI runs): every test not marked slow. `make test-all`: the slow tier too
+# (the full 48-orientation sweeps, long training runs). Durations: README, "Tests".
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # nnU-Net v2 for the side-by-side benchmark, in its own venv: its dependencies pull a torchvision

@@ -1,5 +1,5 @@
 """The 48 axis permutations/flips of one physical image, as arrays with matching affines and as
-DICOM series written with SimpleITK (test helper)."""
+DICOM series written with SimpleITK (test helper); one by name with :func:`orient`."""
 from __future__ import annotations
 
 import itertools
@@ -8,27 +8,41 @@ from pathlib import Path
 import numpy as np
 
 
+def orientation_names() -> list[str]:
+    """The 48 names ``p<perm>f<flips>`` in :func:`all_orientations` order: ``p012f000`` is the array
+    as given, ``p012f100`` flips axis 0, ``p120f000`` permutes the axes, ``p201f101`` does both."""
+    return ["p" + "".join(map(str, perm)) + "f" + "".join("1" if f else "0" for f in flips)
+            for perm in itertools.permutations(range(3)) for flips in itertools.product((False, True), repeat=3)]
+
+
+def orient(array: np.ndarray, affine: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(array', affine')`` of orientation ``name`` (see :func:`orientation_names`): the new array's
+    axis k is the old axis ``perm[k]``, reversed when ``flips[k]``; ``affine'`` places every voxel of
+    ``array'`` where the original voxel sits, so both describe the same physical image."""
+    perm = tuple(int(c) for c in name[1:4])
+    flips = tuple(c == "1" for c in name[5:8])
+    shape = np.array(array.shape)
+    out = np.transpose(array, perm)
+    # index map new -> old: old[perm[k]] = new[k] (or shape-1-new[k] if flipped)
+    m = np.zeros((4, 4))
+    m[3, 3] = 1
+    for k, axis in enumerate(perm):
+        if flips[k]:
+            m[axis, k] = -1.0
+            m[axis, 3] = shape[axis] - 1
+        else:
+            m[axis, k] = 1.0
+    for k, f in enumerate(flips):
+        if f:
+            out = np.flip(out, axis=k)
+    return np.ascontiguousarray(out), affine @ m
+
+
 def all_orientations(array: np.ndarray, affine: np.ndarray):
     """Yield ``(name, array', affine')`` for the 6 permutations × 8 flips of the array axes; every
     one describes the same physical image (voxel i' of array' sits where the original voxel sits)."""
-    shape = np.array(array.shape)
-    for perm in itertools.permutations(range(3)):
-        for flips in itertools.product((False, True), repeat=3):
-            out = np.transpose(array, perm)
-            # index map new -> old: old[perm[k]] = new[k] (or shape-1-new[k] if flipped)
-            m = np.zeros((4, 4))
-            m[3, 3] = 1
-            for k, axis in enumerate(perm):
-                if flips[k]:
-                    m[axis, k] = -1.0
-                    m[axis, 3] = shape[axis] - 1
-                else:
-                    m[axis, k] = 1.0
-            for k, f in enumerate(flips):
-                if f:
-                    out = np.flip(out, axis=k)
-            name = "p" + "".join(map(str, perm)) + "f" + "".join("1" if f else "0" for f in flips)
-            yield name, np.ascontiguousarray(out), affine @ m
+    for name in orientation_names():
+        yield (name, *orient(array, affine, name))
 
 
 def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -64,13 +64,32 @@ def test_structure_lut_merges_finer_atlas_muscles_into_the_bundle_structure():
     assert lut[L.value_of("subcutaneous_fat")] == 0 and lut[L.value_of("femur_right")] == 0 and lut[200] == 0
 
 
-def test_synthetic_training_draws_new_images_and_lowers_the_loss(atlas_bundle, entries, tmp_path):
-    set_determinism(seed=0)
+def _atlas_trainer(atlas_bundle, entries, tmp_path) -> CascadeTrainer:
     train_config = ConfigParser()
     train_config.read_config(str(atlas_bundle / "configs" / "train.json"))
-    trainer = CascadeTrainer(atlas_bundle, entries, train_config.get_parsed_content("augmentation_stage1"),
-                             train_config.get_parsed_content("augmentation_stage2"), stage1_iterations=60,
-                             stage2_iterations=40, lr=0.01, max_patch=(32, 32, 32), output_dir=str(tmp_path))
+    return CascadeTrainer(atlas_bundle, entries, train_config.get_parsed_content("augmentation_stage1"),
+                          train_config.get_parsed_content("augmentation_stage2"), stage1_iterations=60,
+                          stage2_iterations=40, lr=0.01, max_patch=(32, 32, 32), output_dir=str(tmp_path))
+
+
+def test_synthetic_training_draws_a_new_image_every_time(atlas_bundle, entries, tmp_path):
+    """Two draws from the same crop give different images with the same target grid (the fast
+    half of the slow training test below)."""
+    set_determinism(seed=0)
+    trainer = _atlas_trainer(atlas_bundle, entries, tmp_path)
+    set_determinism(seed=None)
+    crop = trainer.cases[0]["scene1"].as_tensor()
+    a = trainer._synthesize(crop, [12.0] * 3, lambda s: s)
+    b = trainer._synthesize(crop, [12.0] * 3, lambda s: s)
+    assert a["image"].shape == b["image"].shape == crop.shape
+    assert not torch.allclose(a["image"], b["image"])
+    assert float(a["image"].std()) > 0
+
+
+@pytest.mark.slow  # 100 training iterations (~15 s); the draws and the command line stay in `make test`
+def test_synthetic_training_draws_new_images_and_lowers_the_loss(atlas_bundle, entries, tmp_path):
+    set_determinism(seed=0)
+    trainer = _atlas_trainer(atlas_bundle, entries, tmp_path)
     # two draws from the same crop give different images with the same target grid
     case = trainer.cases[0]
     crop = case["scene1"].as_tensor()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from muscle_pipeline.photo.network import read_checkpoint
@@ -40,6 +41,7 @@ def test_train_config_runs_one_epoch(tmp_path):
     assert state["encoder.conv1.weight"].dtype == torch.float32
 
 
+@pytest.mark.slow  # a sweep: 4 trainings; one training run stays in `make test` (test_train_config_runs_one_epoch)
 def test_sweep_writes_one_row_per_combination(tmp_path):
     from monai.bundle import ConfigParser
 
