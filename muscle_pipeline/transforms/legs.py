@@ -44,6 +44,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from muscle_pipeline.labels import swap_sides_lut
+from muscle_pipeline.profiling import stage
 
 LEG_META_KEY = "leg"  # MetaTensor.meta entry written by SplitLegs, read by MirrorToRight/merge_legs
 SIDES = ("left", "right")
@@ -833,7 +834,8 @@ def segment_per_leg(image: MetaTensor, predict, margin_mm: float = 10.0, side: s
     mirror = MirrorToRight()
     results = []
     for crop in crops:
-        mirrored = mirror(crop.image, side=crop.side)
+        with stage("mirror_merge"):
+            mirrored = mirror(crop.image, side=crop.side)
         labels = torch.as_tensor(np.asarray(predict(mirrored)))
         if labels.ndim == 3:
             labels = labels[None]
@@ -842,5 +844,7 @@ def segment_per_leg(image: MetaTensor, predict, margin_mm: float = 10.0, side: s
         meta = {k: v for k, v in mirrored.meta.items() if k != "affine"}
         labels = MetaTensor(labels.to(torch.uint8), affine=mirrored.affine.clone(), meta=meta,
                             applied_operations=list(mirrored.applied_operations))
-        results.append(mirror.inverse(labels, labels=True))
-    return merge_legs(results, image, legs=[c.info for c in crops])
+        with stage("mirror_merge"):
+            results.append(mirror.inverse(labels, labels=True))
+    with stage("mirror_merge"):
+        return merge_legs(results, image, legs=[c.info for c in crops])
