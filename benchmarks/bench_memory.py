@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tools/ (development tooling, not installed) is imported from the repository root
 WORK = REPO / "benchmarks" / "work"
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -35,7 +36,7 @@ def ensure_whole_limb_ct(slices: int = 1200) -> Path:
     import nibabel as nib
     import numpy as np
 
-    from muscle_pipeline.synthetic import make_phantom
+    from tools.phantoms import make_phantom
 
     WORK.mkdir(parents=True, exist_ok=True)
     per_region = slices // 3

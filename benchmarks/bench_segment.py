@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tools/ (development tooling, not installed) is imported from the repository root
 DATA = Path(os.environ.get("MUSCLE_PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
 WORK = REPO / "benchmarks" / "work"
 RESULTS = REPO / "benchmarks" / "results"
@@ -86,7 +87,7 @@ def ensure_synthetic_ct(path: Path, shape=(512, 512, 400)) -> Path:
     import nibabel as nib
     import numpy as np
 
-    from muscle_pipeline.synthetic import make_phantom
+    from tools.phantoms import make_phantom
 
     path.parent.mkdir(parents=True, exist_ok=True)
     phantom = make_phantom("hip", "ct", shape=shape, seed=3)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gym_photo_synthetic.py [--photos 100] [--seed 1000] [--publish]
 
-``muscle_pipeline.photo.evaluation.score_synthetic``: ``--photos`` photos drawn with ``--seed`` (the
+``tools.photo_score.score_synthetic``: ``--photos`` photos drawn with ``--seed`` (the
 training set used seed 0), 256 x 256, through the CLI inference path (``PhotoSegmenter``), one
 confusion matrix over all photos. Writes ``benchmarks/results/gym_photo_synthetic.{md,json}``;
 ``--publish`` writes IoU per muscle, mIoU and pixel accuracy into ``eval_metrics`` of
@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))  # tools/ (development tooling, not installed) is imported from the repository root
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from muscle_pipeline.photo.evaluation import score_synthetic
+    from tools.photo_score import score_synthetic
     from muscle_pipeline.photo.infer import PhotoSegmenter
     from publish import machine, publish, rounded, today
 

@@ -4,7 +4,7 @@
 
 The three methods' weights in ``bundles/thigh_ct_25d/models/heldout`` were trained on the RIGHT leg
 of the TotalSegmentator pelvis CT (the only labelled CT; labels are TotalSegmentator predictions);
-``muscle_pipeline.thigh25d.compare.evaluate_methods`` scores each on the LEFT leg crop, mirrored
+``tools.thigh25d_compare.evaluate_methods`` scores each on the LEFT leg crop, mirrored
 to look like a right leg (Dice, ASD, HD95 per structure, paired tests, pictures). Everything goes to
 ``benchmarks/work/thigh_ct_25d_heldout/``; the tables to ``benchmarks/results/thigh_ct_25d_heldout.{md,json}``.
 ``--publish`` writes mean Dice / ASD per method and the 2.5D Dice per structure into
@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))  # tools/ (development tooling, not installed) is imported from the repository root
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "work" / "thigh_ct_25d_heldout"
 BUNDLE = REPO / "bundles" / "thigh_ct_25d"
@@ -35,7 +36,7 @@ def run(threads: int) -> dict:
     import torch
 
     from muscle_pipeline.evaluation import read_csv
-    from muscle_pipeline.thigh25d.compare import evaluate_methods
+    from tools.thigh25d_compare import evaluate_methods
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

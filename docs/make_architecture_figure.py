@@ -144,8 +144,8 @@ def main(argv=None) -> Path:
         _box(ax, x, w, y, h, colour, title, body)
     for a, b, *how in ARROWS:
         _arrow(ax, a, b, *how)
-    ax.text(12.4, 63.2, "the model: api.load_model(bundle) builds it from bundles/<name>/configs/inference.json "
-            "(a MONAI bundle) and the weights in bundles/<name>/models/", ha="left", va="center", fontsize=8.6,
+    ax.text(12.4, 63.2, "the model: api.load_model -> bundle.load_predictor, from the MONAI bundle's "
+            "configs/inference.json and its weights in models/", ha="left", va="center", fontsize=8.6,
             style="italic", color="#7a4b00")
     ax.text(12.4, 8.0, "beside the case folders: batch_report.csv / .json (status, reason, warnings of every case), "
             "cohort_volumes.csv (case x muscle, mL)", ha="left", va="center", fontsize=8.6, style="italic")

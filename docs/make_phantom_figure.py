@@ -8,6 +8,7 @@ Views follow the radiological convention: the subject's RIGHT is on the viewer's
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from muscle_pipeline import labels as ontology  # noqa: E402
-from muscle_pipeline.synthetic import make_phantom  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (not installed) from the repository root
+from tools.phantoms import make_phantom  # noqa: E402
 
 SHAPES = {"thigh": (320, 168, 90), "calf": (320, 177, 80), "hip": (320, 228, 96)}
 
@@ -79,7 +81,7 @@ def main(argv=None) -> Path:
         ax.set_title(f"{region} coronal y={point[1]:.0f} mm")
         ax.text(2, 6, "R", color="yellow", fontsize=12, weight="bold")
         ax.axis("off")
-    fig.suptitle(f"muscle_pipeline.synthetic phantoms ({args.modality.upper()}, seed {args.seed}); "
+    fig.suptitle(f"procedural phantoms, tools.phantoms ({args.modality.upper()}, seed {args.seed}); "
                  "radiological view (subject's right on the left); colours = ontology label colours", fontsize=13)
     fig.tight_layout()
     out = Path(args.out)

@@ -11,6 +11,7 @@ here are RAS, so array axis 0 runs towards the subject's right. Takes about a mi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from monai.transforms import LoadImage, Orientation  # noqa: E402
 
-from muscle_pipeline.synthetic import make_phantom  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (not installed) from the repository root
+from tools.phantoms import make_phantom  # noqa: E402
 from muscle_pipeline.transforms import (  # noqa: E402
     CTWindow,
     MirrorToRight,

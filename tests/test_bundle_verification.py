@@ -229,7 +229,7 @@ def test_thigh_multi_gpu_train_runs_under_torchrun_on_cpu(tmp_path):
     import numpy as np
 
     from muscle_pipeline.io import write_label_map
-    from muscle_pipeline.synthetic import make_phantom
+    from tools.phantoms import make_phantom
 
     data = tmp_path / "data"
     (data / "imagesTr").mkdir(parents=True)

@@ -20,7 +20,7 @@ from muscle_pipeline.cascade.model import right_value
 from muscle_pipeline.cascade.training import CascadeTrainer, load_side_cases
 from muscle_pipeline.labels import structure, value_of
 from muscle_pipeline.metrics import dice
-from muscle_pipeline.synthetic import make_phantom
+from tools.phantoms import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
 MUSCLES = ["gastrocnemius_medial_head", "soleus", "tibialis_anterior"]

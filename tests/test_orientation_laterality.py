@@ -19,7 +19,7 @@ from muscle_pipeline import labels as ontology
 from muscle_pipeline.api import load_model
 from muscle_pipeline.io import discover, read_image
 from muscle_pipeline.segmentation import segment_image
-from muscle_pipeline.synthetic import make_phantom
+from tools.phantoms import make_phantom
 
 from orientations import orient, orientation_names, to_ras, write_dicom_series
 

@@ -16,7 +16,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="gradio_client not i
 
 from muscle_pipeline.photo.app import build_app  # noqa: E402
 from muscle_pipeline.photo.infer import PhotoSegmenter, overlay  # noqa: E402
-from muscle_pipeline.photo.synthetic import make_photo  # noqa: E402
+from tools.photo_synthetic import make_photo  # noqa: E402
 from photo_models import untrained_checkpoint  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from muscle_pipeline.errors import InputError
 from muscle_pipeline.photo import CLASS_NAMES
 from muscle_pipeline.photo.data import class_index_for, find_dataset, list_images, read_classes_csv
-from muscle_pipeline.photo.synthetic import ROBOFLOW_CLASSES, make_photo, write_dataset
+from tools.photo_synthetic import ROBOFLOW_CLASSES, make_photo, write_dataset
 from muscle_pipeline.photo.transforms import (
     EnsureRGB,
     MaskToClassIndex,

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from muscle_pipeline.photo.demo_model import draw_examples, pack
+from tools.photo_demo_model import draw_examples, pack
 from muscle_pipeline.photo.infer import PhotoSegmenter
 from muscle_pipeline.photo.network import read_checkpoint
-from muscle_pipeline.photo.synthetic import make_photo
+from tools.photo_synthetic import make_photo
 
 from photo_models import untrained_checkpoint
 

@@ -18,7 +18,7 @@ from muscle_pipeline.cli import main
 from muscle_pipeline.errors import InputError
 from muscle_pipeline.photo import CLASS_COLOURS
 from muscle_pipeline.photo.infer import PhotoSegmenter, overlay, segment_images
-from muscle_pipeline.photo.synthetic import make_photo
+from tools.photo_synthetic import make_photo
 from photo_models import untrained_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

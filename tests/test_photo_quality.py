@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from muscle_pipeline.photo.evaluation import score_synthetic
+from tools.photo_score import score_synthetic
 from muscle_pipeline.photo.infer import PhotoSegmenter
 from muscle_pipeline.photo.network import default_model_path, read_checkpoint
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from muscle_pipeline.photo.network import read_checkpoint
-from muscle_pipeline.photo.synthetic import write_dataset
+from tools.photo_synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "gym_photo"

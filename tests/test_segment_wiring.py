@@ -9,7 +9,7 @@ import torch
 
 from muscle_pipeline import labels as ontology
 from muscle_pipeline.segmentation import segment_image
-from muscle_pipeline.synthetic import make_phantom
+from tools.phantoms import make_phantom
 
 SOLEUS_R = ontology.value_of("soleus_right")
 SOLEUS_L = ontology.value_of("soleus_left")

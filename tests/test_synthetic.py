@@ -10,7 +10,7 @@ from monai.transforms import Orientation
 from nibabel.orientations import aff2axcodes
 
 from muscle_pipeline import labels as ontology
-from muscle_pipeline.synthetic import available_muscles, make_phantom, save_phantom
+from tools.phantoms import available_muscles, make_phantom, save_phantom
 
 SMALL = (96, 64, 40)
 

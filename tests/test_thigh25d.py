@@ -22,7 +22,7 @@ from muscle_pipeline.thigh25d import (
     view_logits,
     winner_takes_all,
 )
-from muscle_pipeline.thigh25d.compare import test_crop as heldout_crop
+from tools.thigh25d_compare import test_crop as heldout_crop
 from muscle_pipeline.thigh25d.slices import neighbour_offsets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_winner_takes_all_majority_then_summed_probability():
 def test_predict_keeps_grid_for_any_orientation():
     """Untrained networks, a phantom thigh: the output has the input's exact grid, with axis
     flips and permutations of the input (the model reorients to RAS inside)."""
-    from muscle_pipeline.synthetic import make_phantom
+    from tools.phantoms import make_phantom
 
     torch.manual_seed(0)
     structures = ["vastus_lateralis", "femur"]
@@ -143,7 +143,7 @@ def test_phantom_training_end_to_end(tmp_path):
     """Documented training command on a lab-style folder (imagesTr/labelsTr, ontology values)
     of CT phantoms, a few iterations, then the trained weights segment a phantom."""
     from muscle_pipeline.io import read_image, write_label_map
-    from muscle_pipeline.synthetic import make_phantom
+    from tools.phantoms import make_phantom
 
     data = tmp_path / "data"
     (data / "imagesTr").mkdir(parents=True)

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import Flip, LoadImage
 
 from muscle_pipeline.labels import STRUCTURES, label
-from muscle_pipeline.synthetic import make_phantom
+from tools.phantoms import make_phantom
 from muscle_pipeline.transforms.legs import (
     MirrorToRight,
     MirrorToRightd,

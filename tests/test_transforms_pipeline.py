@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from muscle_pipeline.synthetic import make_phantom
+from tools.phantoms import make_phantom
 from muscle_pipeline.transforms import (
     CTWindowd,
     FemurAxisAlignd,

@@ -10,7 +10,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
-from muscle_pipeline.synthetic import make_phantom
+from tools.phantoms import make_phantom
 from muscle_pipeline.transforms.legs import MirrorToRight, split_legs
 from muscle_pipeline.transforms.region import REGIONS, recognize_region, recognize_side
 

@@ -4,11 +4,12 @@ A U-Net with a ResNet-34 encoder (MONAI ``FlexibleUNet``) labels every pixel of 
 background, activated biceps, activated triceps or activated calf. A muscle that is relaxed
 is background: the task is to find *working* muscles, not arms and legs.
 
-Modules: ``synthetic`` (procedurally drawn gym photos for tests and the demo model), ``data``
-(seed and Roboflow folder layouts), ``transforms`` (MONAI dictionary pipelines),
+Modules: ``data`` (seed and Roboflow folder layouts), ``transforms`` (MONAI dictionary pipelines),
 ``network`` (model factory, checkpoints, local encoder weights), ``evaluation`` (IoU, mIoU,
 pixel accuracy), ``train`` (training loop, curves, sweep), ``infer`` (images and folders, overlay),
-``video`` (frame-by-frame video), ``app`` (Gradio demo).
+``video`` (frame-by-frame video), ``app`` (Gradio demo). The synthetic photos, the scores on
+them and the demo-model builder are development tooling outside the package
+(``tools.photo_synthetic``, ``tools.photo_score``, ``tools.photo_demo_model``).
 """
 from __future__ import annotations
 

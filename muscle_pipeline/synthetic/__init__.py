@@ -1,16 +1,7 @@
-"""Procedural phantoms: bilateral thigh, calf and hip volumes with MR or CT contrast and a label
-for every voxel, for tests, demos and model pre-training where real labels are missing.
+"""Simulated data the package itself needs at run time: :mod:`.other_leg` (a simulated
+contralateral leg of a labelled one), which ``evaluation.evaluate_datalist`` draws for
+``simulate_other_leg`` entries, as in ``bundles/calf_mri/configs/evaluate.json``.
 
-    from muscle_pipeline.synthetic import make_phantom, save_phantom
-    ph = make_phantom("calf", "mr", shape=(128, 128, 64), orientation="LPS", seed=3)
-    ph.image, ph.labels   # MetaTensors (X, Y, Z), same voxel->RAS affine
-    ph.info["legs"]["left"]["tibia_axis"]
-
-The anatomy is defined in world millimetres and sampled on the requested grid, so one seed gives
-the same physical object whatever the shape, spacing, orientation code or slab size; the subject's
-left leg lies at smaller world (RAS) x and carries the left labels (base + 100).
+The procedural phantoms that used to live here are development tooling, in ``tools.phantoms``
+(tests, benchmarks, docs figures), outside the installed package.
 """
-from .anatomy import REGIONS
-from .phantom import MODALITIES, Phantom, available_muscles, make_phantom, save_phantom
-
-__all__ = ["make_phantom", "save_phantom", "Phantom", "available_muscles", "REGIONS", "MODALITIES"]

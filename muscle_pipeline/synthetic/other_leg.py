@@ -10,8 +10,10 @@ Gaussian noise (``RandBiasFieldd`` …). :func:`as_opposite_half` then flips it 
 half of the scan it came from, with LEFT label values, which is what a contralateral leg of a
 half-cropped scan looks like.
 
-Used by ``benchmarks/heldout_proxy.py`` (both methods of the benchmark on legs neither has seen)
-and the tests (a floor on the shipped calf model's Dice on one such leg).
+Used by ``muscle_pipeline.evaluation.evaluate_datalist`` (``simulate_other_leg`` entries: the
+declared list of ``bundles/calf_mri/configs/evaluate.json``), ``benchmarks/heldout_proxy.py``
+(both methods of the benchmark on legs neither has seen) and the tests (a floor on the shipped
+calf model's Dice on one such leg).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import labels as ontology
+from muscle_pipeline import labels as ontology
 from .anatomy import REGIONS, Registry, SideAnatomy, modelled_muscles
 from .contrast import BiasField, add_noise, entry_intensities
 from .grid import Grid, make_grid, parse_orientation

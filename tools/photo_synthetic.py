@@ -1,4 +1,5 @@
-"""Procedurally drawn gym photos with activated-muscle masks (for tests and the demo model).
+"""Procedurally drawn gym photos with activated-muscle masks (for tests and the demo model;
+development tooling, not part of the installed package).
 
 No labelled gym photos ship with the project, so this module draws them: a gym background
 (wall, floor, mirrors, racks, plates, benches) and one or two people in side or front view
@@ -14,7 +15,7 @@ values in ``CLASS_NAMES`` order. Drawing happens at twice the size and is downsa
 Lanczos, mask: nearest neighbour) so that edges look anti-aliased while the mask stays
 categorical.
 
-Command line: ``python -m muscle_pipeline.photo.synthetic OUT --train 600 --val 60 --test 100``
+Command line: ``python -m tools.photo_synthetic OUT --train 600 --val 60 --test 100``
 writes a dataset in the seed layout (``--layout roboflow`` for a Roboflow export).
 """
 from __future__ import annotations

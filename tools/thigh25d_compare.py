@@ -7,18 +7,21 @@ only). The structures present in both legs are gluteus maximus, medius, minimus,
 femur and hip bone. Each method is trained on the RIGHT leg crop and tested on the LEFT leg
 crop, mirrored to look like a right leg (the side never seen in training):
 
+    from tools.thigh25d_compare import evaluate_methods, train_heldout
     train_heldout("bundles/thigh_ct_25d/models/heldout")        # all three methods, right leg
     rows = evaluate_methods("thigh_ct_25d", "bundles/thigh_ct_25d/models/heldout", out_dir)
 
 ``evaluate_methods`` writes the mirrored test crop's predictions and reference (NIfTI), then
 :func:`muscle_pipeline.evaluation.compare_methods` (Dice, ASD, HD95 per class, paired tests,
 ``dice_comparison.png``), plus ``comparison_table.md`` and ``dice_asd_paired.png``.
+
+Development tooling (run from the repository root; ``configs/evaluate.json`` of the bundle calls
+``evaluate_methods``); the training data entry itself is :mod:`muscle_pipeline.thigh25d.data`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from muscle_pipeline.cascade.model import bundle_path, read_bundle_config, right_value
+from muscle_pipeline.thigh25d.data import REAL_CT, real_ct_entry
 from muscle_pipeline.thigh25d.model import load_model
 from muscle_pipeline.thigh25d.train import Thigh25DTrainer, _read_pair, leg_crops
 
@@ -34,16 +38,7 @@ __all__ = ["REAL_CT", "real_ct_entry", "train_heldout", "evaluate_methods", "MET
 
 log = logging.getLogger(__name__)
 
-SHARED = Path(os.environ.get("MUSCLE_PIPELINE_SHARED_DATA", "/work/shared/data"))
-REAL_CT = SHARED / "totalsegmentator" / "ct_abdomen_pelvis"
 METHODS = {"2.5D": "25d", "2D": "2d", "3D": "3d"}
-
-
-def real_ct_entry(sides: Sequence[str] | str | None = None, data_root: str | Path | None = None) -> dict:
-    """Dataset entry of the real CT (TotalSegmentator values mapped to the ontology)."""
-    root = Path(data_root) / "totalsegmentator" / "ct_abdomen_pelvis" if data_root else REAL_CT
-    return {"image": str(root / "example_ct.nii.gz"), "label": str(root / "example_seg_fast_force_split.nii.gz"),
-            "label_map": "totalsegmentator_total", "sides": sides}
 
 
 def train_heldout(output_dir: str | Path, bundle: str | Path = "thigh_ct_25d", train_side: str = "right",

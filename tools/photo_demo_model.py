@@ -1,8 +1,8 @@
 """Build the shipped demo model in one command: synthetic data, bundle training, int8 packing, scores.
 
-    python -m muscle_pipeline.photo.demo_model OUT [--init_weights PREVIOUS.pt] [--threads 2]
+    python -m tools.photo_demo_model OUT [--init_weights PREVIOUS.pt] [--threads 2]
 
-1. ``OUT/data``: ``--train`` + ``--val`` synthetic photos (``synthetic.write_dataset``, seed
+1. ``OUT/data``: ``--train`` + ``--val`` synthetic photos (``tools.photo_synthetic.write_dataset``, seed
    ``--data_seed``; skipped when the folder already exists).
 2. ``OUT/train``: ``configs/train.json`` of the bundle with :data:`DEMO_OVERRIDES` (whole
    photos at 128x128, Dice + cross-entropy, Adam 1e-3, StepLR(15, 0.5), 45 epochs),
@@ -85,7 +85,7 @@ def draw_examples(model: Path, path: Path, photos: int = 8, seed: int = 1000) ->
     from PIL import Image
 
     from muscle_pipeline.photo.infer import PhotoSegmenter, overlay
-    from muscle_pipeline.photo.synthetic import make_photo
+    from tools.photo_synthetic import make_photo
 
     segmenter = PhotoSegmenter(model)
     rng = np.random.default_rng(seed)
@@ -103,9 +103,9 @@ def measure(model: Path, photos: int = 100, seed: int = 1000) -> dict:
     """Scores on fresh synthetic photos, file size and CPU seconds per 256x256 photo."""
     import numpy as np
 
-    from muscle_pipeline.photo.evaluation import score_synthetic
+    from tools.photo_score import score_synthetic
     from muscle_pipeline.photo.infer import PhotoSegmenter
-    from muscle_pipeline.photo.synthetic import make_photo
+    from tools.photo_synthetic import make_photo
 
     segmenter = PhotoSegmenter(model)
     result = score_synthetic(segmenter, n=photos, seed=seed)
@@ -138,7 +138,7 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
 
-    from muscle_pipeline.photo.synthetic import write_dataset
+    from tools.photo_synthetic import write_dataset
 
     data_dir = args.out / "data"
     if not data_dir.exists():

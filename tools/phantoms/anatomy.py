@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import labels as ontology
+from muscle_pipeline import labels as ontology
 from .shapes import F32, Capsule, CupShell, Ellipsoid, Plate, Solid, Tube, TriTube, ZBins, keyframed
 
 # ------------------------------------------------------------------------------------ entries
