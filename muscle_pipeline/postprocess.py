@@ -68,50 +68,108 @@ def _label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
     return {value: box for value, box in enumerate(boxes, start=1) if box is not None}
 
 
-def keep_largest_component(labels: np.ndarray, connectivity: int = 26) -> np.ndarray:
+def keep_largest_component(labels: np.ndarray, connectivity: int = 26, boxes=None) -> np.ndarray:
     """Per label value, keep only its largest connected component (ties: the first found).
 
-    ``connectivity``: 6, 18 or 26 in 3D; 4 or 8 in 2D.
+    ``connectivity``: 6, 18 or 26 in 3D; 4 or 8 in 2D. Each label is labelled inside its own
+    bounding box (a component of one value never leaves that box), not over the whole map.
+    ``boxes``: value -> bounding box, when already known (:func:`_label_boxes`).
     """
     if labels.ndim == 2:  # the 3D names of face / full neighbourhoods, for 2D maps
         connectivity = {6: 4, 18: 8, 26: 8}.get(connectivity, connectivity)
-    components = cc3d.connected_components(labels, connectivity=connectivity)
-    counts = np.bincount(components.ravel())  # ~3x faster than cc3d.statistics (no boxes/centroids)
-    component_value = np.zeros(counts.size, dtype=labels.dtype)
-    component_value[components] = labels
-    ids = np.arange(1, counts.size)
-    values, sizes = component_value[1:], counts[1:]
-    order = np.lexsort((ids, -sizes, values))  # by value, then largest first, then lowest id
-    first_of_value = np.ones(order.size, bool)
-    first_of_value[1:] = values[order][1:] != values[order][:-1]
-    keep = np.zeros(counts.size, bool)
-    keep[ids[order][first_of_value]] = True
-    return np.where(keep[components], labels, 0).astype(labels.dtype, copy=False)
+    out = labels.copy()
+    for value, box in (_label_boxes(labels) if boxes is None else boxes).items():
+        mask = labels[box] == value
+        components, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+        if n <= 1:
+            continue
+        counts = np.bincount(components.ravel())
+        counts[0] = 0
+        # cc3d numbers components in scan order, so argmax (first of the largest) is the first found
+        region = out[box]
+        region[mask & (components != int(counts.argmax()))] = 0
+    return out
 
 
-def close_labels(labels: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
-    """Per label, binary closing with a ball of ``radius_mm``; adds voxels on background only."""
+def _centred_cuboids(structure: np.ndarray) -> list[tuple[int, ...]]:
+    """Half-sizes of the maximal centred boxes whose union is ``structure`` (a centred structure
+    that is symmetric and orthogonally convex, such as :func:`ball_mm`: with every voxel ``p`` it
+    holds the box spanned by ``±p``)."""
+    half = np.array([n // 2 for n in structure.shape])
+    points = np.unique(np.abs(np.argwhere(structure) - half), axis=0)
+    return [tuple(int(v) for v in p) for p in points
+            if not (np.all(points >= p, axis=1) & np.any(points > p, axis=1)).any()]
+
+
+def _union_of_boxes(structure: np.ndarray, cuboids) -> bool:
+    half = [n // 2 for n in structure.shape]
+    union = np.zeros_like(structure)
+    for c in cuboids:
+        union[tuple(slice(h - a, h + a + 1) for h, a in zip(half, c))] = True
+    return bool(np.array_equal(union, structure))
+
+
+def _dilate_by_boxes(mask: np.ndarray, cuboids) -> np.ndarray:
+    """Binary dilation by the union of centred boxes: the union of box dilations, each three 1D
+    maximum filters (linear in the voxels, whatever the box size) instead of one pass per
+    structuring-element voxel. Outside the array counts as background, as in scipy."""
+    out = np.zeros_like(mask)
+    partial: dict[tuple[int, ...], np.ndarray] = {}
+    for c in sorted(cuboids):
+        key = c[:-1]
+        if key not in partial:  # boxes sharing all but the last half-size share those passes
+            x = mask.view(np.uint8)
+            for axis, a in enumerate(key):
+                x = ndimage.maximum_filter1d(x, 2 * a + 1, axis=axis, mode="constant", cval=0) if a else x
+            partial[key] = x
+        x = partial[key]
+        if c[-1]:
+            x = ndimage.maximum_filter1d(x, 2 * c[-1] + 1, axis=mask.ndim - 1, mode="constant", cval=0)
+        out |= x.view(bool)
+    return out
+
+
+def close_labels(labels: np.ndarray, spacing: Sequence[float], radius_mm: float, boxes=None) -> np.ndarray:
+    """Per label, binary closing with a ball of ``radius_mm``; adds voxels on background only.
+
+    Each label is closed inside its bounding box plus the radius. The dilation is done as a union
+    of box dilations (the ball is a union of a few centred boxes) and the erosion only where it can
+    add a voxel (dilated, not in the label): the same closing as ``ndimage.binary_closing`` with
+    the ball, several times faster on the 0.7 mm grids of CT. ``boxes``: value -> a box holding
+    that label (its bounding box or larger), when already known."""
     out = labels.copy()
     structure = ball_mm(radius_mm, spacing)
     if structure.sum() <= 1:
         return out  # every voxel is larger than the radius: closing is the identity
     half = [n // 2 for n in structure.shape]
-    for value, box in _label_boxes(labels).items():
+    cuboids = _centred_cuboids(structure)
+    if not _union_of_boxes(structure, cuboids):  # not expected for a ball; stay exact anyway
+        cuboids = None
+    for value, box in (_label_boxes(labels) if boxes is None else boxes).items():
         box = _box(box, half, labels.shape)
         # pad by the radius so that the erosion step does not eat masks touching the crop border
         mask = np.pad(labels[box] == value, [(h, h) for h in half])
-        closed = ndimage.binary_closing(mask, structure=structure)
-        closed = closed[tuple(slice(h, h + n) for h, n in zip(half, out[box].shape))]
+        if cuboids is None:
+            dilated = ndimage.binary_dilation(mask, structure=structure)
+        else:
+            dilated = _dilate_by_boxes(mask, cuboids)
+        # the closing keeps the mask; elsewhere a voxel is added where the ball around it stays
+        # inside the dilation, so erode only there
+        added = ndimage.binary_erosion(dilated, structure=structure, mask=dilated & ~mask)
+        added &= ~mask
+        added = added[tuple(slice(h, h + n) for h, n in zip(half, out[box].shape))]
         region = out[box]
-        region[closed & (region == 0)] = value
+        region[added & (region == 0)] = value
     return out
 
 
-def fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """Per label, fill enclosed cavities made only of background (see the module docstring)."""
+def fill_label_holes(labels: np.ndarray, boxes=None) -> np.ndarray:
+    """Per label, fill enclosed cavities made only of background (see the module docstring).
+    ``boxes``: value -> a box holding that label (its bounding box or larger: the cavities are
+    the same), when already known."""
     out = labels.copy()
     background_connectivity = 6 if labels.ndim == 3 else 4
-    for value, box in _label_boxes(labels).items():
+    for value, box in (_label_boxes(labels) if boxes is None else boxes).items():
         region = out[box]
         # A one-voxel frame around the box makes everything outside the label one connected
         # background component; every other component of "not this label" is enclosed: a cavity.
@@ -146,15 +204,20 @@ def clean_label_map(
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         raise ValueError(f"label maps must be integer arrays, got {array.dtype}")
     spacing = _spacing(labels, spacing, array.ndim)
+    # one bounding-box pass: the later steps only shrink a label (largest component) or grow it
+    # by at most the closing radius, so these boxes, widened by that radius, still hold it
+    boxes = _label_boxes(array)
     out = array.copy()
     if largest_component:
-        out = keep_largest_component(out, connectivity)
+        out = keep_largest_component(out, connectivity, boxes=boxes)
     if closing_mm and closing_mm > 0:
         if spacing is None:
             raise ValueError("closing_mm needs the voxel spacing: pass spacing= or a MetaTensor")
-        out = close_labels(out, spacing, closing_mm)
+        out = close_labels(out, spacing, closing_mm, boxes=boxes)
+        half = [int(np.floor(closing_mm / s)) for s in spacing]
+        boxes = {v: _box(b, half, out.shape) for v, b in boxes.items()}
     if fill_holes:
-        out = fill_label_holes(out)
+        out = fill_label_holes(out, boxes=boxes)
     return convert_to_dst_type(out, labels, dtype=labels.dtype)[0]
 
 

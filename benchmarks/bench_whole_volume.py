@@ -1,0 +1,186 @@
+"""Issue 18: the whole-volume steps of the segment job (leg split, side check, fusion, postprocess)
+before and after moving them onto coarse grids / per-label boxes, on the same machine.
+
+Usage:
+    .venv/bin/python benchmarks/bench_whole_volume.py run --label before [--repeats 3] [--cases ...]
+    .venv/bin/python benchmarks/bench_whole_volume.py run --label after  [--repeats 3]
+    .venv/bin/python benchmarks/bench_whole_volume.py compare            # before vs after table + Dice
+
+A script cannot run the old and the new code path side by side once the code has changed, so
+``run --label before`` was run on the unchanged tree first (its per-stage seconds and its label
+maps kept in ``benchmarks/results/bench_whole_volume_before.json`` and
+``benchmarks/work/whole_volume/before/``), then ``run --label after`` on the new one. ``compare``
+writes ``benchmarks/results/bench_whole_volume.md/.json``: median seconds per stage of each run and
+the Dice between the old and the new label map per structure.
+
+Each case runs in a fresh process at 2 threads: read + ``segment_image`` ``repeats`` times, each
+stage timed by ``muscle_pipeline.profiling`` (writing the output folder is not part of this).
+Cases: a synthetic 512x512x400 CT hip phantom (``bench_segment.py`` writes it once), the real pelvis
+CT of TotalSegmentator's example (hip_ct) and two real calf scans of qMRITools (calf_mri).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+DATA = Path(os.environ.get("MUSCLE_PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+WORK = REPO / "benchmarks" / "work" / "whole_volume"
+RESULTS = REPO / "benchmarks" / "results"
+CASES = {
+    "ct_512x512x400": ("hip_ct", REPO / "benchmarks" / "work" / "synthetic_ct_512x512x400.nii.gz"),
+    "pelvis_ct": ("hip_ct", DATA / "totalsegmentator" / "ct_abdomen_pelvis" / "example_ct.nii.gz"),
+    "calf_test_low": ("calf_mri", DATA / "qmritools" / "thigh_calf_unlabeled" / "test_low.nii.gz"),
+    "calf_twolegs": ("calf_mri", DATA / "qmritools" / "calf_dti_labeled_half" / "twoLegs_x80-160.nii.gz"),
+}
+STAGES = ["read", "split_legs", "side_check", "preprocess", "stage1", "stage2", "fusion", "postprocess",
+          "mirror_merge"]
+
+
+def run_case(name: str, label: str, threads: int, repeats: int) -> dict:
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    import muscle_pipeline
+    from muscle_pipeline import api
+    from muscle_pipeline.io import discover, read_image
+    from muscle_pipeline.profiling import StageProfile, stage
+    from muscle_pipeline.segmentation import segment_image
+
+    torch.set_num_threads(threads)
+    model_name, source = CASES[name]
+    model = api.load_model(model_name)
+    case = discover([source])[0]
+    runs = []
+    for _ in range(repeats):
+        with StageProfile() as profile:
+            start = time.perf_counter()
+            with stage("read"):
+                image = read_image(case)
+            result = segment_image(image, model)
+            total = time.perf_counter() - start
+        runs.append({"total_s": total, "stages": {r["stage"]: r["seconds"] for r in profile.table()},
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in profile.table())})
+    out = WORK / label
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(result.labels).astype(np.uint8)
+    nib.save(nib.Nifti1Image(labels, np.asarray(result.labels.affine, float)), out / f"{name}.nii.gz")
+    return {"case": name, "model": model_name, "shape": list(labels.shape), "runs": runs,
+            "legs": [{k: leg.get(k) for k in ("side", "roi_start", "roi_end", "anatomical_side")} for leg in result.legs],
+            "warnings": result.warnings, "package": str(Path(muscle_pipeline.__file__).parent)}
+
+
+def median_stages(case: dict) -> dict:
+    names = sorted({s for r in case["runs"] for s in r["stages"]})
+    med = {s: statistics.median(r["stages"].get(s, 0.0) for r in case["runs"]) for s in names}
+    med["total"] = statistics.median(r["total_s"] for r in case["runs"])
+    return med
+
+
+def dice_per_structure(a, b) -> dict:
+    import numpy as np
+
+    out = {}
+    for v in sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0}):
+        if v == 0:
+            continue
+        x, y = a == v, b == v
+        s = int(x.sum()) + int(y.sum())
+        out[int(v)] = 1.0 if s == 0 else 2.0 * int((x & y).sum()) / s
+    return out
+
+
+def compare() -> int:
+    import nibabel as nib
+    import numpy as np
+
+    before = json.loads((RESULTS / "bench_whole_volume_before.json").read_text())
+    after = json.loads((RESULTS / "bench_whole_volume_after.json").read_text())
+    lines = ["# Issue 18: whole-volume steps before / after (benchmarks/bench_whole_volume.py)", ""]
+    for tag, rep in (("before", before), ("after", after)):
+        m = rep["machine"]
+        lines.append(f"* {tag}: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB; torch {m['torch']}, "
+                     f"MONAI {m['monai']}, {rep['threads']} threads, {rep['repeats']} repeats (median shown); "
+                     f"load average at start {m['load_average_at_start'][0]:.2f}, at end {rep['load_average_at_end'][0]:.2f}; "
+                     f"commit {rep.get('commit', '?')}")
+    lines += ["", "Seconds are medians of the repeats in one fresh process per case (read + segment_image; writing the "
+              "output folder is not included). Other engineers share the CPU: compare within a row.", ""]
+    summary = {"cases": {}}
+    for name in [c["case"] for c in after["cases"]]:
+        b = next((c for c in before["cases"] if c["case"] == name), None)
+        a = next(c for c in after["cases"] if c["case"] == name)
+        if b is None:
+            continue
+        mb, ma = median_stages(b), median_stages(a)
+        lines += [f"## {name} ({' x '.join(map(str, a['shape']))}, {a['model']})", "",
+                  "| stage | before s | after s | speed-up |", "|---|---|---|---|"]
+        for s in STAGES + ["total"]:
+            if s not in mb and s not in ma:
+                continue
+            x, y = mb.get(s, 0.0), ma.get(s, 0.0)
+            sp = f"{x / y:.1f}x" if y > 0.005 else "-"
+            bold = "**" if s == "total" else ""
+            lines.append(f"| {bold}{s}{bold} | {x:.2f} | {y:.2f} | {sp} |")
+        la = nib.load(WORK / "after" / f"{name}.nii.gz").get_fdata().astype(np.uint8)
+        lb = nib.load(WORK / "before" / f"{name}.nii.gz").get_fdata().astype(np.uint8)
+        dice = dice_per_structure(lb, la)
+        low = {k: v for k, v in dice.items() if v < 0.99}
+        lines += ["", f"Dice old vs new over {len(dice)} structures: min **{min(dice.values()):.4f}**, "
+                  f"mean {statistics.mean(dice.values()):.4f}; voxels that differ: {int((la != lb).sum())} of {la.size}"
+                  + (f"; below 0.99: {low}" if low else "") + ".",
+                  f"Legs before: {b['legs']}", "", f"Legs after: {a['legs']}", ""]
+        summary["cases"][name] = {"before": mb, "after": ma, "dice": dice}
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (RESULTS / "bench_whole_volume.md").write_text(text)
+    (RESULTS / "bench_whole_volume.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run", "compare", "one"])
+    parser.add_argument("--label", default="after")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--case")
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        return compare()
+    if args.command == "one":
+        print(json.dumps(run_case(args.case, args.label, args.threads, args.repeats)))
+        return 0
+    from bench_segment import ensure_synthetic_ct, machine
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               OMP_WAIT_POLICY="PASSIVE")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    report = {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "label": args.label,
+              "commit": commit, "cases": []}
+    for name in args.cases.split(","):
+        if name.startswith("ct_"):
+            ensure_synthetic_ct(CASES[name][1])
+        cmd = [sys.executable, __file__, "one", "--case", name, "--label", args.label, "--threads", str(args.threads),
+               "--repeats", str(args.repeats)]
+        print(f"{name} ...", flush=True)
+        out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        report["cases"].append(result)
+        print(f"  {json.dumps({k: round(v, 2) for k, v in median_stages(result).items()})}", flush=True)
+    report["load_average_at_end"] = list(os.getloadavg())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"bench_whole_volume_{args.label}.json").write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
