@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (not inst
 from tools.phantoms import make_phantom  # noqa: E402
 from muscle_pipeline.transforms import (  # noqa: E402
     CTWindow,
+    FemurAxisAlign,
     MirrorToRight,
     MRNormalize,
     N4BiasFieldCorrection,
     body_mask,
     join_stations,
-    preprocess,
     recognize_region,
     split_legs,
 )
@@ -144,19 +144,24 @@ def _bone_plane(volume: np.ndarray, threshold: float) -> int:
 
 def figure_femur(out: Path) -> None:
     phantom = make_phantom(region="thigh", modality="ct", rotation_deg=(0, 8, 0), shape=(160, 160, 144))
-    result = preprocess(phantom.image, "ct")
+    legs = []  # what thigh_ct_25d does per leg: split, mirror, femur along z (on HU), muscle window
+    from muscle_pipeline.segmentation import channel_first
+
+    for crop in split_legs(channel_first(phantom.image)):
+        aligned = FemurAxisAlign(femur="largest", modality="ct", keep_size=False)(MirrorToRight()(crop.image, side=crop.side))
+        legs.append((crop.side, CTWindow()(aligned), aligned.meta.get("femur_angle_deg")))
     hu = phantom.image.numpy()
     step = spacing(phantom.image)
     fig, axes = plt.subplots(1, 3, figsize=(12, 5.2), gridspec_kw={"width_ratios": [2, 1, 1]})
     show(axes[0], coronal(hu, _bone_plane(hu, 200)),
          "CT thigh phantom, rotated 8 deg about y\n(coronal through the femora, HU)",
          aspect=step[2] / step[0], vmin=-200, vmax=1000)
-    for ax, leg in zip(axes[1:], result.legs):
-        vol = leg.image[0].numpy()
-        s = spacing(leg.image)
+    for ax, (side, image, angle) in zip(axes[1:], legs):
+        vol = image[0].numpy()
+        s = spacing(image)
         show(ax, coronal(vol, _bone_plane(vol, 0.99)),
-             f"{leg.side} leg{' (mirrored)' if leg.side == 'left' else ''}: femur was\n"
-             f"{leg.femur_angle_deg:.1f} deg off z, now along z (window)", aspect=s[2] / s[0], vmin=0, vmax=1,
+             f"{side} leg{' (mirrored)' if side == 'left' else ''}: femur was\n"
+             f"{angle:.1f} deg off z, now along z (window)", aspect=s[2] / s[0], vmin=0, vmax=1,
              sides=False)
     save(fig, out, "transform_femur_align.png")
 

@@ -25,10 +25,3 @@ from muscle_pipeline.transforms.legs import (
 )
 from muscle_pipeline.transforms.region import REGIONS, RegionResult, SideResult, recognize_region, recognize_side
 from muscle_pipeline.transforms.stations import JoinResult, JoinStations, JoinStationsd, join_stations
-from muscle_pipeline.transforms.pipeline import (
-    PreprocessedLeg,
-    PreprocessResult,
-    invert,
-    preprocess,
-    preprocessing_transform,
-)
