@@ -34,9 +34,18 @@ def accepts_labelled_classes(loss) -> bool:
         return False
 
 
-def stack_batch(batch: Sequence[Mapping], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _plain(x) -> torch.Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def stack_batch(batch: Sequence[Mapping] | Mapping, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Samples ``{"image": (C, *spatial), "label": (1, *spatial) class indices[, "labelled": (K,) bool]}``
-    -> images (B, C, ...) float, labels (B, 1, ...) int64, labelled (B, K) bool or None."""
+    (or one dict of such tensors already batched, as a DataLoader gives) -> images (B, C, ...)
+    float, labels (B, 1, ...) int64, labelled (B, K) bool or None."""
+    if isinstance(batch, Mapping):
+        labelled = batch.get("labelled")
+        return (_plain(batch["image"]).float().to(device), _plain(batch["label"]).round().long().to(device),
+                None if labelled is None else _plain(labelled).bool().to(device))
     x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
     y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).round().long().to(device)
     labelled = None
@@ -74,19 +83,21 @@ def _probe(network, loss_fn, takes_labelled, probes, device, what) -> dict[str, 
 def fit(network: torch.nn.Module, draw_batch: Callable[[], Sequence[Mapping]], iterations: int, loss,
         optimizer: Callable | None = None, lr_scheduler: Callable | None = None, lr: float = 1e-3,
         device="cpu", what: str = "training", probes: Mapping[str, Sequence[Mapping]] | None = None,
-        distributed: bool = False, log_every: int = 50) -> dict:
+        distributed: bool = False, log_every: int = 50, on_batch: Callable | None = None) -> dict:
     """Train ``network`` for ``iterations`` batches of ``draw_batch()``; it ends in eval mode.
 
     Args:
         loss: ``loss(logits, target)`` or ``loss(logits, target, labelled_classes)``.
         optimizer: ``optimizer(parameters) -> torch.optim.Optimizer`` (a MONAI config item with
-            ``"_mode_": "callable"``); None: Adam at ``lr``.
+            ``"_mode_": "callable"``), or an optimizer already built; None: Adam at ``lr``.
         lr_scheduler: ``lr_scheduler(optimizer, iterations) -> scheduler`` stepped every
             iteration; None: constant learning rate.
         probes: source name -> fixed samples; their mean loss is measured before and after
             training (``result["probes"][source] = {"before", "after"}``): how a run did on each
             dataset's own labels.
         distributed: wrap in ``DistributedDataParallel`` (the process group must exist).
+        on_batch: called with the (detached) logits and targets of every batch (e.g. to count a
+            confusion matrix while training).
 
     Returns ``{"losses": [loss per iteration], "probes": {...}, "seconds": float}``.
     """
@@ -96,7 +107,10 @@ def fit(network: torch.nn.Module, draw_batch: Callable[[], Sequence[Mapping]], i
     before = _probe(module, loss, takes_labelled, probes, device, what) if probes else {}
     if distributed:
         network = torch.nn.parallel.DistributedDataParallel(module)
-    opt = optimizer(network.parameters()) if optimizer is not None else torch.optim.Adam(network.parameters(), lr=lr)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+    else:
+        opt = optimizer(network.parameters()) if optimizer is not None else torch.optim.Adam(network.parameters(), lr=lr)
     sched = lr_scheduler(opt, max(1, int(iterations))) if lr_scheduler is not None else None
     network.train()
     losses: list[float] = []
@@ -104,12 +118,15 @@ def fit(network: torch.nn.Module, draw_batch: Callable[[], Sequence[Mapping]], i
     for it in range(int(iterations)):
         x, y, labelled = stack_batch(draw_batch(), device)
         opt.zero_grad(set_to_none=True)
-        value = _loss(loss, takes_labelled, network(x), y, labelled, what)
+        logits = network(x)
+        value = _loss(loss, takes_labelled, logits, y, labelled, what)
         value.backward()
         opt.step()
         if sched is not None:
             sched.step()
         losses.append(float(value.detach()))
+        if on_batch is not None:
+            on_batch(logits.detach(), y)
         if (it + 1) % log_every == 0 or it + 1 == iterations:
             log.info("%s: iteration %d/%d loss %.4f (%.0f s)", what, it + 1, iterations,
                      float(np.mean(losses[-log_every:])), time.perf_counter() - start)

@@ -24,6 +24,7 @@ import torch
 
 from muscle_pipeline.photo.evaluation import confusion_matrix, evaluate, scores
 from muscle_pipeline.photo.network import network_kwargs_of, save_checkpoint
+from muscle_pipeline.training_loop import fit as fit_loop
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +99,18 @@ def fit(network: torch.nn.Module, optimizer, loss_function, train_loader, val_lo
     best_epoch = 0
     start = time.perf_counter()
     for epoch in range(1, int(epochs) + 1):
-        network.train()
-        losses, cm = [], torch.zeros(4, 4, dtype=torch.int64)
-        for batch in train_loader:
-            images = _plain(batch["image"]).to(device)
-            labels = _plain(batch["label"]).to(device).long()
-            optimizer.zero_grad(set_to_none=True)
-            logits = network(images)
-            loss = loss_function(logits, loss_target(loss_function, labels))
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            cm += confusion_matrix(logits.detach().argmax(1), labels[:, 0])
+        cm = torch.zeros(4, 4, dtype=torch.int64)
+
+        def count(logits, labels):
+            nonlocal cm
+            cm += confusion_matrix(logits.argmax(1), labels[:, 0])
+
+        # one epoch = one pass of the loader through the shared loop (muscle_pipeline.training_loop)
+        batches = iter(train_loader)
+        losses = fit_loop(network, lambda: next(batches), len(train_loader),
+                          lambda logits, labels: loss_function(logits, loss_target(loss_function, labels)),
+                          optimizer=optimizer, device=device, what=f"epoch {epoch}", on_batch=count,
+                          log_every=max(1, len(train_loader)))["losses"]
         if lr_scheduler is not None:
             lr_scheduler.step()
         train_scores = scores(cm)
