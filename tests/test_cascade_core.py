@@ -172,6 +172,65 @@ def test_fusion_in_blocks_under_a_memory_budget_equals_fusion_at_once():
     assert (blocks.numpy() != whole.numpy()).mean() < 1e-4  # trilinear at block seams: identical up to rounding
 
 
+@pytest.mark.parametrize("perm,flips", [((0, 1, 2), (1, 1, 1)), ((1, 0, 2), (-1, 1, 1)), ((2, 0, 1), (1, -1, -1))])
+def test_axis_aligned_resampling_equals_monai_spatial_resample(perm, flips):
+    """Issue 18: the separable trilinear resampling used for axis-aligned grids gives MONAI's
+    ``SpatialResample`` values (zeros outside, same voxel-centre convention) to float rounding."""
+    from monai.transforms import SpatialResample
+
+    from muscle_pipeline.cascade.fuse import _resample_axis_aligned
+
+    prob = torch.rand(7, 9, 6, generator=torch.Generator().manual_seed(3))
+    src = np.diag([3.0, 3.0, 3.0, 1.0])
+    src[:3, 3] = [4.0, -2.0, 1.0]
+    tgt = np.zeros((4, 4))
+    spacing = [0.74, 0.8, 0.68]
+    for t, (axis, sign) in enumerate(zip(perm, flips)):
+        tgt[axis, t] = sign * spacing[t]
+        tgt[axis, 3] = -4.0 if sign > 0 else 28.0  # the target covers the source box and some air
+    tgt[3, 3] = 1.0
+    shape = (44, 40, 38)
+    ours = _resample_axis_aligned(prob, src, tgt, shape)
+    monai = SpatialResample(mode="bilinear", padding_mode="zeros")(
+        MetaTensor(prob[None], affine=torch.as_tensor(src)), dst_affine=torch.as_tensor(tgt), spatial_size=shape)[0]
+    assert ours.shape == shape and float(monai.max()) > 0.5 and (monai == 0).any()
+    assert torch.allclose(ours, monai.as_tensor(), atol=1e-5)
+    oblique = tgt.copy()
+    oblique[:3, :3] = oblique[:3, :3] @ np.array([[1, 0.1, 0], [0, 1, 0], [0, 0, 1.0]])
+    assert _resample_axis_aligned(prob, src, oblique, shape) is None
+
+
+def test_fusion_only_where_the_threshold_is_reachable_gives_the_same_labels():
+    """Issue 18: each muscle is resampled only around its stage-2 voxels at or above the fusion
+    threshold; the labels equal MONAI's resampling of every muscle's whole box (to rounding)."""
+    from monai.transforms import SpatialResample
+
+    src_affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    smooth = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 24, 20, 18, generator=torch.Generator().manual_seed(2)),
+                                            5, stride=1, padding=2)[0, 0]
+    items = [LocalProbability("soleus", Box((2, 2, 2), (22, 18, 16)), (smooth[2:22, 2:18, 2:16] - 0.3) * 2.5),
+             LocalProbability("tibialis_anterior", Box((6, 0, 4), (24, 20, 18)),
+                              (smooth.flip(0)[6:24, 0:20, 4:18] - 0.3) * 2.5),
+             LocalProbability("gastrocnemius_medialis", Box((0, 0, 0), (5, 5, 5)), torch.full((5, 5, 5), 0.3))]
+    values = {"soleus": 28, "tibialis_anterior": 30, "gastrocnemius_medialis": 22}
+    tgt = np.array([[0, -0.8, 0, 70.0], [0.75, 0, 0, -1.0], [0, 0, 1.1, 2.0], [0, 0, 0, 1]])
+    shape = (80, 90, 50)
+    ours = fuse_local_probabilities(items, values, src_affine, tgt, shape).numpy()
+    # reference: every muscle's whole box through MONAI, the most probable above 0.5 wins
+    best = np.zeros(shape, np.uint8)
+    labels = np.zeros(shape, np.uint8)
+    for item in items:
+        src = MetaTensor(item.prob[None].float(), affine=torch.as_tensor(item.box.affine_of_crop(src_affine)))
+        prob = SpatialResample(mode="bilinear", padding_mode="zeros")(src, dst_affine=torch.as_tensor(tgt),
+                                                                       spatial_size=shape)[0].numpy()
+        q = np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+        better = q > best
+        best[better], labels[better] = q[better], values[item.muscle]
+    labels[best < 128] = 0
+    assert set(np.unique(ours)) == {0, 28, 30}  # the muscle that never reaches 0.5 labels nothing
+    assert (ours != labels).mean() < 1e-4
+
+
 # --- whole cascade ----------------------------------------------------------------------------
 def _toy_cascade():
     # one muscle (soleus) in its own group; stage 1 at 4 mm, stage 2 at 2 mm
