@@ -345,3 +345,73 @@ def test_segment_per_leg_runs_a_right_leg_model_on_both_legs():
     merged = segment_per_leg(image, right_leg_model)
     assert seen_sides == ["right", "right"]
     assert torch.equal(merged.as_tensor(), labels.as_tensor())
+
+
+def _finer(img: MetaTensor, factor: int, trim: int = 2) -> MetaTensor:
+    """The same scan on an in-plane grid ``factor`` times finer (the two in-plane array axes,
+    whatever they are), a few voxels trimmed so that the working grid's last blocks are partial."""
+    axes = leg_axes(img.affine)
+    arr = img.as_tensor()
+    affine = np.asarray(img.affine, dtype=float).copy()
+    for ax in (axes.lr, axes.ap):
+        arr = arr.repeat_interleave(factor, dim=ax + 1)
+        arr = arr.narrow(ax + 1, 0, arr.shape[ax + 1] - trim)
+        affine[:3, 3] -= affine[:3, ax] * (factor - 1) / (2 * factor)
+        affine[:3, ax] /= factor
+    return MetaTensor(arr.contiguous(), affine=torch.as_tensor(affine))
+
+
+@pytest.mark.parametrize("region,modality,orientation,touching",
+                         [("hip", "ct", "PIR", False), ("hip", "mr", "RAS", True), ("calf", "ct", "ASL", True)])
+def test_plan_on_the_working_grid_equals_the_full_resolution_plan(region, modality, orientation, touching):
+    """Issue 18: plan_legs splits on the body mask's ~2 mm working grid (expanded along left-right
+    only, rows weighted along anterior-posterior) and takes boxes, volumes and centroids from it;
+    all of it equals splitting the full-resolution mask, as before."""
+    from muscle_pipeline.transforms.legs import _extent, body_mask, find_split, voxel_spacing
+
+    image, _ = phantom(region, modality, orientation, touching)
+    image = _finer(image, 4)  # ~1 mm in-plane: working-grid blocks of 2 voxels
+    affine = np.asarray(image.affine, dtype=float)
+    mask = body_mask(image)
+    split = find_split(mask, affine)
+    legs = plan_legs(image, margin_mm=15.0)
+    assert split.n_legs == len(legs) == 2
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    margin = np.ceil(15.0 / voxel_spacing(affine)).astype(int)
+    for leg in legs:
+        assert np.allclose(leg["boundary"], split.boundary)
+        first, last, centroid, count = _extent(owned_mask(leg, full=True) & mask)
+        lo, hi = np.maximum(first - margin, 0), np.minimum(last + 1 + margin, mask.shape)
+        lo[split.axes.si], hi[split.axes.si] = 0, mask.shape[split.axes.si]
+        assert leg["roi_start"] == lo.tolist() and leg["roi_end"] == hi.tolist()
+        assert leg["volume_ml"] == pytest.approx(count * voxel_ml)
+        assert np.allclose(leg["centroid_mm"], affine[:3, :3] @ centroid + affine[:3, 3])
+
+
+def test_side_check_copy_keeps_the_voted_slices_and_the_ownership():
+    """Issue 18: the side check runs on a copy of the crop with the slices it votes with,
+    block-averaged in-plane; a block belongs to the leg its centre belongs to."""
+    from muscle_pipeline.segmentation import SIDE_CHECK_SLICES, _side_check_copy
+
+    image, _ = phantom("thigh", "mr", "LPS", True, shape=(96, 64, 80))
+    image = _finer(image, 6, trim=3)
+    crops = split_legs(image, margin_mm=15.0)
+    for crop in crops:
+        copy = _side_check_copy(crop)
+        axes = leg_axes(crop.image.affine)
+        assert copy.shape[1 + axes.si] == SIDE_CHECK_SLICES < crop.image.shape[1 + axes.si]
+        assert leg_axes(copy.affine) == axes
+        leg = copy.meta["leg"]
+        assert leg["side"] == crop.side and list(leg["spatial_shape"]) != list(copy.shape[1:])
+        factor = round(float(np.linalg.norm(np.asarray(copy.affine)[:3, axes.lr])
+                             / np.linalg.norm(np.asarray(crop.image.affine)[:3, axes.lr])))
+        assert factor >= 2
+        ks = np.unique(np.linspace(0, crop.image.shape[1 + axes.si] - 1, SIDE_CHECK_SLICES).round().astype(int))
+        # each block is owned like the full-grid voxel at (just past) its centre
+        own_copy = owned_mask(leg)
+        own_full = np.take(owned_mask(crop.info), ks, axis=axes.si)
+        for ax in (axes.lr, axes.ap):
+            centres = np.arange(copy.shape[1 + ax]) * factor + factor // 2
+            own_full = np.take(own_full, centres, axis=ax)
+        assert own_copy.shape == own_full.shape
+        assert (own_copy == own_full).mean() > 0.99

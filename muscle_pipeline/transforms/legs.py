@@ -159,12 +159,23 @@ def body_mask(
     """
     arr = _spatial_array(image)
     affine = _require_affine(image) if affine is None else np.asarray(_to_numpy(affine), dtype=float)
+    mask, factors = _working_body_mask(arr, affine, threshold, closing_mm, min_component_fraction, working_mm)
+    if any(f > 1 for f in factors):
+        full_shape = arr.shape
+        for ax, f in enumerate(factors):
+            mask = np.repeat(mask, f, axis=ax)
+        return np.ascontiguousarray(mask[: full_shape[0], : full_shape[1], : full_shape[2]])
+    return mask
+
+
+def _working_body_mask(arr, affine, threshold, closing_mm=5.0, min_component_fraction=0.1, working_mm=2.0):
+    """:func:`body_mask` on its working grid: (mask, in-plane block factors). Voxel ``v`` of the
+    full grid lies in block ``v // factors`` (the last block of an axis may be partial)."""
     axes = leg_axes(affine)
     spacing = voxel_spacing(affine)
     thr = body_threshold(arr) if threshold is None else float(threshold)
     factors = [1 if ax == axes.si else max(1, int(round(working_mm / spacing[ax]))) for ax in range(3)]
     if any(f > 1 for f in factors):
-        full_shape = arr.shape
         # block means slab by slab along the superior-inferior axis (never coarsened): no padded
         # full-size copy of the volume
         step = max(1, (1 << 24) // max(1, arr.size // arr.shape[axes.si]))
@@ -177,11 +188,8 @@ def body_mask(
             slabs.append(padded.reshape(
                 [d for n, f in zip(padded.shape, factors) for d in (n // f, f)]).mean(axis=(1, 3, 5)))
         coarse = np.concatenate(slabs, axis=axes.si)
-        mask = _body_mask_array(coarse, spacing * factors, axes, thr, closing_mm, min_component_fraction)
-        for ax, f in enumerate(factors):
-            mask = np.repeat(mask, f, axis=ax)
-        return np.ascontiguousarray(mask[: full_shape[0], : full_shape[1], : full_shape[2]])
-    return _body_mask_array(arr, spacing, axes, thr, closing_mm, min_component_fraction)
+        return _body_mask_array(coarse, spacing * factors, axes, thr, closing_mm, min_component_fraction), factors
+    return _body_mask_array(arr, spacing, axes, thr, closing_mm, min_component_fraction), factors
 
 
 def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -335,6 +343,7 @@ def find_split(
     min_leg_fraction: float = 0.15,
     dip_ratio: float = 0.8,
     min_leg_width_mm: float = 40.0,
+    ap_weights: np.ndarray | None = None,
 ) -> LegSplit:
     """Decide one or two legs and where to cut them (per axial slice) from a body mask.
 
@@ -346,12 +355,21 @@ def find_split(
     median-filtered along z. Two legs are assumed when any slice shows them apart, when the body
     is wider than ``max_single_leg_width_mm``, or when most slices show a valley (legs pressed
     together); ``n_legs`` overrides.
+
+    ``ap_weights``: full-grid voxels that each index along the anterior–posterior axis of
+    ``mask`` stands for, when ``mask`` is coarsened along that axis only (``plan_legs`` passes
+    its working-grid body mask expanded back along left–right only): column profiles, blob areas
+    and centres are then weighted, so the split equals the one of the full-resolution mask.
     """
     affine = np.asarray(_to_numpy(affine), dtype=float)
     axes = leg_axes(affine)
     spacing = voxel_spacing(affine)
     canon = np.transpose(mask, (axes.lr, axes.ap, axes.si))  # (lr, ap, si) view, no copy
-    n_lr, _, n_si = canon.shape
+    n_lr, n_ap, n_si = canon.shape
+    weights = np.ones(n_ap) if ap_weights is None else np.asarray(ap_weights, float)
+    if weights.shape != (n_ap,):
+        raise ValueError(f"ap_weights needs one weight per anterior-posterior index ({n_ap}), got {weights.shape}")
+    lr_index = np.arange(n_lr, dtype=np.float64)
     min_lobe = max(1, int(round(min_leg_width_mm / 2 / spacing[axes.lr])))
     separate = np.zeros(n_si, bool)
     boundary = np.full(n_si, np.nan)
@@ -365,21 +383,22 @@ def find_split(
         if not sl.any():
             continue
         body_slices.append(k)
-        profile = sl.sum(axis=1)
+        profile = sl @ weights  # full-grid body voxels per left-right column
         cols = np.flatnonzero(profile)
         widths.append((cols[-1] - cols[0] + 1) * spacing[axes.lr])
         dips[k], dip_at[k] = _profile_dip(profile, min_lobe)
         lab, n = ndi.label(sl)
         if n < 2:
             continue
-        areas = np.bincount(lab.ravel())[1:]
+        areas = np.bincount(lab.ravel(), weights=np.broadcast_to(weights, sl.shape).ravel())[1:]
         order = np.argsort(areas)[::-1][:2]
         if areas[order[1]] < min_leg_fraction * areas.sum():
             continue
         extents = []
         for comp in order:
-            c = np.flatnonzero((lab == comp + 1).any(axis=1))
-            extents.append((c[0], c[-1], ndi.center_of_mass(lab == comp + 1)[0]))
+            per_column = (lab == comp + 1) @ weights
+            c = np.flatnonzero(per_column)
+            extents.append((c[0], c[-1], float(per_column @ lr_index / per_column.sum())))
         (lo1, hi1, c1), (lo2, hi2, c2) = sorted(extents)
         if hi1 < lo2:  # disjoint along left–right: two legs apart in this slice
             separate[k] = True
@@ -412,7 +431,7 @@ def find_split(
     for k in body_slices:
         if separate[k]:
             continue
-        profile = canon[:, :, k].sum(axis=1).astype(float)
+        profile = (canon[:, :, k] @ weights).astype(float)
         boundary[k] = float((profile * np.arange(n_lr)).sum() / profile.sum())  # centroid
         if sep_idx.size:
             # search the valley only between the leg centres seen where the legs were apart
@@ -502,9 +521,27 @@ def plan_legs(
     if side is not None and side not in SIDES:
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     affine = _require_affine(image)
-    mask = body_mask(image, affine, threshold=threshold)
-    split = find_split(mask, affine, n_legs=n_legs)
-    shape = mask.shape
+    arr = _spatial_array(image)
+    shape = tuple(arr.shape)
+    # The split is planned on the body mask's own working grid (in-plane blocks of ~2 mm), never
+    # on a full-resolution copy of it; the boundaries, boxes, volumes and centroids are still those
+    # of the full-resolution mask (see find_split's ap_weights and _owned_extent).
+    coarse, factors = _working_body_mask(arr, affine, threshold)
+    axes = leg_axes(affine)
+    # back to full resolution along left-right only (where the cut lies); along anterior-posterior
+    # each block row is weighted by the full voxels it stands for
+    if factors[axes.lr] > 1:
+        coarse = np.repeat(coarse, factors[axes.lr], axis=axes.lr)[
+            tuple(slice(0, shape[ax]) if ax == axes.lr else slice(None) for ax in range(3))]
+    factors = np.asarray(factors)
+    factors[axes.lr] = 1
+    f_ap = int(factors[axes.ap])
+    ap_weights = np.minimum(f_ap, shape[axes.ap] - np.arange(coarse.shape[axes.ap]) * f_ap)
+    coarse_affine = affine.copy()
+    coarse_affine[:3, axes.ap] *= f_ap
+    coarse_affine[:3, 3] += affine[:3, axes.ap] * (f_ap - 1) / 2.0  # a block's centre
+    split = find_split(coarse, coarse_affine, n_legs=n_legs, ap_weights=ap_weights)
+    boundary = split.boundary
     spacing = voxel_spacing(affine)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     margin = np.ceil(margin_mm / spacing).astype(int)
@@ -512,7 +549,7 @@ def plan_legs(
         "lr_axis": split.axes.lr,
         "si_axis": split.axes.si,
         "spatial_shape": list(shape),
-        "boundary": None if split.boundary is None else split.boundary.tolist(),
+        "boundary": None if boundary is None else boundary.tolist(),
         "n_legs": split.n_legs,
         "split_method": split.method,
         # per slice along si: a bilateral body without a valley (pelvis/trunk) — region.py's hip cue
@@ -520,12 +557,13 @@ def plan_legs(
     }
     parts = ["all"] if split.n_legs == 1 else ["low", "high"]
     legs = []
+    stats: dict = {}
     for part in parts:
         info = dict(base, part=part, roi_start=[0, 0, 0], roi_end=list(shape))
-        own = owned_mask(info, full=True) & mask
-        if not own.any():
+        extent = _owned_extent(coarse, factors, shape, split.axes, boundary, part, stats)
+        if extent is None:
             continue
-        first, last, centroid_vox, count = _extent(own)
+        first, last, centroid_vox, count = extent
         lo = np.maximum(first - margin, 0)
         hi = np.minimum(last + 1 + margin, shape)
         # Keep every slice along superior–inferior: a leg runs through the field of view, and a
@@ -551,6 +589,60 @@ def plan_legs(
             x = legs[0]["centroid_mm"][0]
             legs[0].update(side="right" if x > 0 else "left", side_source="world x relative to isocentre x=0")
     return legs
+
+
+def _ap_statistics(body: np.ndarray, w_ap: np.ndarray, a0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_lr, n_ap, n_si = body.shape
+    weights = np.stack([w_ap, w_ap * a0 + w_ap * (w_ap - 1) / 2.0], axis=1).astype(np.float32)
+    rows = np.ascontiguousarray(np.moveaxis(body, 1, 2)).reshape(-1, n_ap).astype(np.float32)
+    out = (rows @ weights).astype(np.float64).reshape(n_lr, n_si, 2)
+    return out[..., 0], out[..., 1]
+
+
+def _owned_extent(coarse: np.ndarray, factors, shape, axes: LegAxes, boundary, part: str, stats=None):
+    """First/last full-grid index per axis, centroid (full voxels) and voxel count of the body
+    voxels a leg owns, i.e. of ``owned_mask(..., full=True) & body_mask(...)`` on the full grid,
+    computed from the working-grid mask ``coarse`` (each block stands for its full voxels; the
+    last block of an axis may be partial) without building that full-size mask. None if empty."""
+    lr, ap, si = axes.lr, axes.ap, axes.si
+    body = np.transpose(coarse, (lr, ap, si))  # (lr blocks, ap blocks, slices), a view
+    f_lr, f_ap = int(factors[lr]), int(factors[ap])
+    n_lr, n_ap, n_si = shape[lr], shape[ap], shape[si]
+    c0 = np.arange(body.shape[0]) * f_lr  # first full index of each lr block
+    w_lr = np.minimum(f_lr, n_lr - c0)  # full voxels in each lr block
+    a0 = np.arange(body.shape[1]) * f_ap
+    w_ap = np.minimum(f_ap, n_ap - a0)
+    if part == "all":
+        own_from = np.broadcast_to(c0[:, None], (c0.size, n_si))
+        own_n = np.broadcast_to(w_lr[:, None], (c0.size, n_si))
+    else:
+        # full index i of slice k is "low" when i < boundary[k], i.e. i <= ceil(boundary[k]) - 1
+        n_low = np.clip(np.ceil(np.asarray(boundary, float))[None, :] - c0[:, None], 0, w_lr[:, None]).astype(np.int64)
+        own_from = np.broadcast_to(c0[:, None] + (0 if part == "low" else n_low), n_low.shape)
+        own_n = n_low if part == "low" else w_lr[:, None] - n_low
+    # per (lr block, slice): full voxels with body along ap, and the sum of their ap indices (one
+    # float32 matrix product; exact: integer sums far below 2**24)
+    stats = {} if stats is None else stats  # shared by the legs of one plan
+    if "ap" not in stats:
+        stats["ap"] = _ap_statistics(body, w_ap, a0)
+    ap_count, ap_sum = stats["ap"]
+    present = (ap_count > 0) & (own_n > 0)
+    if not present.any():
+        return None
+    count = float((ap_count * own_n).sum())
+    lr_sum = own_n * own_from + own_n * (own_n - 1) / 2.0  # sum of the owned lr indices per block
+    centroid = np.empty(3)
+    centroid[lr] = (ap_count * lr_sum).sum() / count
+    centroid[ap] = (ap_sum * own_n).sum() / count
+    centroid[si] = ((ap_count * own_n).sum(axis=0) * np.arange(n_si)).sum() / count
+    first, last = np.empty(3, int), np.empty(3, int)
+    first[lr] = int(own_from[present].min())
+    last[lr] = int((own_from + own_n - 1)[present].max())
+    ap_blocks = np.flatnonzero((body & present[:, None, :]).any(axis=(0, 2)))
+    first[ap], last[ap] = int(a0[ap_blocks[0]]), int(a0[ap_blocks[-1]] + w_ap[ap_blocks[-1]] - 1)
+    slices = np.flatnonzero(present.any(axis=0))
+    first[si], last[si] = int(slices[0]), int(slices[-1])
+    return first, last, centroid, int(round(count))
 
 
 class SplitLegs(InvertibleTransform):
