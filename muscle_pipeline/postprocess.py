@@ -109,23 +109,34 @@ def _union_of_boxes(structure: np.ndarray, cuboids) -> bool:
     return bool(np.array_equal(union, structure))
 
 
+def _dilate_line(mask: np.ndarray, half: int, axis: int) -> np.ndarray:
+    """Binary dilation by a line of ``2 * half + 1`` voxels along ``axis`` (outside: background),
+    as ``2 * half`` shifted ORs: several times faster than a 1D maximum filter for short lines."""
+    out = mask.copy()
+    for shift in range(1, min(half, mask.shape[axis] - 1) + 1):
+        later = [slice(None)] * mask.ndim
+        earlier = [slice(None)] * mask.ndim
+        later[axis], earlier[axis] = slice(shift, None), slice(None, -shift)
+        out[tuple(later)] |= mask[tuple(earlier)]
+        out[tuple(earlier)] |= mask[tuple(later)]
+    return out
+
+
 def _dilate_by_boxes(mask: np.ndarray, cuboids) -> np.ndarray:
-    """Binary dilation by the union of centred boxes: the union of box dilations, each three 1D
-    maximum filters (linear in the voxels, whatever the box size) instead of one pass per
-    structuring-element voxel. Outside the array counts as background, as in scipy."""
+    """Binary dilation by the union of centred boxes: the union of box dilations, each one line
+    dilation per axis, instead of one pass per structuring-element voxel. Outside the array counts
+    as background, as in scipy. Boxes sharing half-sizes share those passes, the contiguous (last)
+    axis, the slowest to shift, first."""
+    order = [mask.ndim - 1, *range(mask.ndim - 1)]
     out = np.zeros_like(mask)
-    partial: dict[tuple[int, ...], np.ndarray] = {}
-    for c in sorted(cuboids):
-        key = c[:-1]
-        if key not in partial:  # boxes sharing all but the last half-size share those passes
-            x = mask.view(np.uint8)
-            for axis, a in enumerate(key):
-                x = ndimage.maximum_filter1d(x, 2 * a + 1, axis=axis, mode="constant", cval=0) if a else x
-            partial[key] = x
-        x = partial[key]
-        if c[-1]:
-            x = ndimage.maximum_filter1d(x, 2 * c[-1] + 1, axis=mask.ndim - 1, mode="constant", cval=0)
-        out |= x.view(bool)
+    partial: dict[tuple[int, ...], np.ndarray] = {(): mask}
+    for c in sorted(cuboids, key=lambda c: [c[ax] for ax in order]):
+        key: tuple[int, ...] = ()
+        for ax in order:
+            parent, key = key, key + (c[ax],)
+            if key not in partial:
+                partial[key] = _dilate_line(partial[parent], c[ax], ax) if c[ax] else partial[parent]
+        out |= partial[key]
     return out
 
 
@@ -133,9 +144,9 @@ def close_labels(labels: np.ndarray, spacing: Sequence[float], radius_mm: float,
     """Per label, binary closing with a ball of ``radius_mm``; adds voxels on background only.
 
     Each label is closed inside its bounding box plus the radius. The dilation is done as a union
-    of box dilations (the ball is a union of a few centred boxes) and the erosion only where it can
-    add a voxel (dilated, not in the label): the same closing as ``ndimage.binary_closing`` with
-    the ball, several times faster on the 0.7 mm grids of CT. ``boxes``: value -> a box holding
+    of box dilations (the ball is a union of a few centred boxes, each dilated by shifted ORs) and
+    the erosion only where it can add a voxel (dilated, not in the label): the same closing as
+    ``ndimage.binary_closing`` with the ball, several times faster on the 0.7 mm grids of CT. ``boxes``: value -> a box holding
     that label (its bounding box or larger), when already known."""
     out = labels.copy()
     structure = ball_mm(radius_mm, spacing)
