@@ -428,6 +428,7 @@ class CascadeTrainer:
         return torch.as_tensor(groups[None])
 
     def train_stage1(self) -> Path:
+        set_determinism(self.seed + self.rank)  # the initial weights too: a run is repeatable whatever ran before
         network = self.parser.get_parsed_content("stage1_network").to(self.device)
         roi = tuple(self.parser["stage1_roi"])
         samples = [{"scene": _plain(c["scene1"])} if "scene1" in c else
@@ -455,6 +456,7 @@ class CascadeTrainer:
     def train_stage2(self, muscle: str) -> Path:
         if muscle not in self.structures:
             raise KeyError(f"{muscle!r} is not one of this bundle's structures {self.structures}")
+        set_determinism(self.seed + self.rank)
         network = self.parser.get_parsed_content("stage2_network")().to(self.device)
         patch = self.patch_size(muscle)
         v = right_value(muscle)
@@ -519,8 +521,11 @@ class CascadeTrainer:
         names each item's dataset entry (for the per-source probe losses)."""
         set_determinism(self.seed + self.rank)
         rng = np.random.default_rng(self.seed + self.rank)
-        if hasattr(self.synthesis, "set_random_state"):  # MONAI randomisables keep their own generator
-            self.synthesis.set_random_state(self.seed + self.rank)
+        # MONAI randomisables keep their own generator (shared by every unseeded instance of a
+        # class, so its state would depend on whatever ran before): seed them, so a run is repeatable
+        for transform in (self.synthesis, self.aug1, self.aug2):
+            if hasattr(transform, "set_random_state"):
+                transform.set_random_state(self.seed + self.rank)
         # plain tensors through the augmentation: MetaTensor bookkeeping doubles its cost on CPU
         track_meta = get_track_meta()
         set_track_meta(False)
