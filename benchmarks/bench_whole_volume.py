@@ -4,7 +4,11 @@ before and after moving them onto coarse grids / per-label boxes, on the same ma
 Usage:
     .venv/bin/python benchmarks/bench_whole_volume.py run --label before [--repeats 3] [--cases ...]
     .venv/bin/python benchmarks/bench_whole_volume.py run --label after  [--repeats 3]
-    .venv/bin/python benchmarks/bench_whole_volume.py compare            # before vs after table + Dice
+    .venv/bin/python benchmarks/bench_whole_volume.py compare [--before before --label after]  # table + Dice
+
+To run the old code again later (same load as the new run), copy the old revision's
+``muscle_pipeline`` and ``bundles`` to a folder and run ``run --label before_rerun`` from outside
+the repository with ``PYTHONPATH`` set to that folder (``package`` in the result says which ran).
 
 A script cannot run the old and the new code path side by side once the code has changed, so
 ``run --label before`` was run on the unchanged tree first (its per-stage seconds and its label
@@ -40,6 +44,14 @@ CASES = {
     "calf_test_low": ("calf_mri", DATA / "qmritools" / "thigh_calf_unlabeled" / "test_low.nii.gz"),
     "calf_twolegs": ("calf_mri", DATA / "qmritools" / "calf_dti_labeled_half" / "twoLegs_x80-160.nii.gz"),
 }
+# 35 structures (the issue's title): lower_limb_35 with the weights of runs/ll35_v01 (not shipped,
+# so not in the default cases) on the real calf and thigh
+LL35_WEIGHTS = REPO / "runs" / "ll35_v01"
+CASES.update({
+    "ll35_test_low": ("lower_limb_35", DATA / "qmritools" / "thigh_calf_unlabeled" / "test_low.nii.gz"),
+    "ll35_test_up": ("lower_limb_35", DATA / "qmritools" / "thigh_calf_unlabeled" / "test_up.nii.gz"),
+})
+DEFAULT_CASES = ["ct_512x512x400", "pelvis_ct", "calf_test_low", "calf_twolegs"]
 STAGES = ["read", "split_legs", "side_check", "preprocess", "stage1", "stage2", "fusion", "postprocess",
           "mirror_merge"]
 
@@ -57,7 +69,7 @@ def run_case(name: str, label: str, threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     model_name, source = CASES[name]
-    model = api.load_model(model_name)
+    model = api.load_model(model_name, **({"models_dir": str(LL35_WEIGHTS)} if model_name == "lower_limb_35" else {}))
     case = discover([source])[0]
     runs = []
     for _ in range(repeats):
@@ -98,21 +110,23 @@ def dice_per_structure(a, b) -> dict:
     return out
 
 
-def compare() -> int:
+def compare(before_label: str = "before", after_label: str = "after", output: Path = RESULTS / "bench_whole_volume") -> int:
     import nibabel as nib
     import numpy as np
 
-    before = json.loads((RESULTS / "bench_whole_volume_before.json").read_text())
-    after = json.loads((RESULTS / "bench_whole_volume_after.json").read_text())
+    before = json.loads((RESULTS / f"bench_whole_volume_{before_label}.json").read_text())
+    after = json.loads((RESULTS / f"bench_whole_volume_{after_label}.json").read_text())
     lines = ["# Issue 18: whole-volume steps before / after (benchmarks/bench_whole_volume.py)", ""]
-    for tag, rep in (("before", before), ("after", after)):
+    for tag, rep in ((f"before ({before_label})", before), (f"after ({after_label})", after)):
         m = rep["machine"]
         lines.append(f"* {tag}: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB; torch {m['torch']}, "
                      f"MONAI {m['monai']}, {rep['threads']} threads, {rep['repeats']} repeats (median shown); "
                      f"load average at start {m['load_average_at_start'][0]:.2f}, at end {rep['load_average_at_end'][0]:.2f}; "
-                     f"commit {rep.get('commit', '?')}")
+                     f"HEAD {rep.get('commit', '?')}, code from `{rep['cases'][0].get('package', '?')}`")
     lines += ["", "Seconds are medians of the repeats in one fresh process per case (read + segment_image; writing the "
-              "output folder is not included). Other engineers share the CPU: compare within a row.", ""]
+              "output folder is not included). Other engineers share the CPU: compare within a row. A run from a "
+              "copy of the old code (`/tmp/...`) records the HEAD of the day, not that copy's revision "
+              "(issue 18: e5013f4).", ""]
     summary = {"cases": {}}
     for name in [c["case"] for c in after["cases"]]:
         b = next((c for c in before["cases"] if c["case"] == name), None)
@@ -129,8 +143,8 @@ def compare() -> int:
             sp = f"{x / y:.1f}x" if y > 0.005 else "-"
             bold = "**" if s == "total" else ""
             lines.append(f"| {bold}{s}{bold} | {x:.2f} | {y:.2f} | {sp} |")
-        la = nib.load(WORK / "after" / f"{name}.nii.gz").get_fdata().astype(np.uint8)
-        lb = nib.load(WORK / "before" / f"{name}.nii.gz").get_fdata().astype(np.uint8)
+        la = nib.load(WORK / after_label / f"{name}.nii.gz").get_fdata().astype(np.uint8)
+        lb = nib.load(WORK / before_label / f"{name}.nii.gz").get_fdata().astype(np.uint8)
         dice = dice_per_structure(lb, la)
         low = {k: v for k, v in dice.items() if v < 0.99}
         lines += ["", f"Dice old vs new over {len(dice)} structures: min **{min(dice.values()):.4f}**, "
@@ -140,8 +154,8 @@ def compare() -> int:
         summary["cases"][name] = {"before": mb, "after": ma, "dice": dice}
     text = "\n".join(lines) + "\n"
     print(text)
-    (RESULTS / "bench_whole_volume.md").write_text(text)
-    (RESULTS / "bench_whole_volume.json").write_text(json.dumps(summary, indent=1))
+    output.with_suffix(".md").write_text(text)
+    output.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     return 0
 
 
@@ -151,11 +165,13 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="after")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"of {', '.join(CASES)}")
     parser.add_argument("--case")
+    parser.add_argument("--before", default="before", help="compare: label of the old code's run")
+    parser.add_argument("--output", type=Path, default=RESULTS / "bench_whole_volume")
     args = parser.parse_args(argv)
     if args.command == "compare":
-        return compare()
+        return compare(args.before, args.label, args.output)
     if args.command == "one":
         print(json.dumps(run_case(args.case, args.label, args.threads, args.repeats)))
         return 0
