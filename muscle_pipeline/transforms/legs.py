@@ -774,13 +774,13 @@ def merge_legs(leg_label_maps: Sequence, original: MetaTensor, legs: Sequence[Ma
             out = np.zeros(shape, dtype=arr.dtype)
         if tuple(arr.shape) == shape:  # already on the full grid
             own = owned_mask(info, full=True)
-            out[own] = arr[own]
+            np.copyto(out, arr, where=own, casting="unsafe")
         else:
             roi = tuple(slice(s, e) for s, e in zip(info["roi_start"], info["roi_end"]))
             if tuple(arr.shape) != tuple(r.stop - r.start for r in roi):
                 raise ValueError(f"leg label map of shape {arr.shape} does not match its crop box {roi}")
             own = owned_mask(info)
-            out[roi][own] = arr[own]
+            np.copyto(out[roi], arr, where=own, casting="unsafe")  # in place, no gathered copies
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
     meta = {k: v for k, v in original.meta.items() if k != LEG_META_KEY}
@@ -806,6 +806,10 @@ def mirror_affine(affine: np.ndarray, lr_axis: int, size: int) -> np.ndarray:
 
 
 def _swap_label_values(arr: torch.Tensor) -> torch.Tensor:
+    if arr.dtype == torch.uint8 and arr.device.type == "cpu":
+        # a uint8 table indexed by the uint8 map itself: no int64 copy of a full-size crop
+        lut = swap_sides_lut(255).astype(np.uint8)
+        return torch.from_numpy(lut[arr.numpy()])
     max_value = int(arr.max()) if arr.numel() else 0
     lut = torch.as_tensor(swap_sides_lut(max(255, max_value)), device=arr.device)
     return lut[arr.long()].to(arr.dtype)
