@@ -51,8 +51,53 @@ CASES.update({
     "ll35_test_low": ("lower_limb_35", DATA / "qmritools" / "thigh_calf_unlabeled" / "test_low.nii.gz"),
     "ll35_test_up": ("lower_limb_35", DATA / "qmritools" / "thigh_calf_unlabeled" / "test_up.nii.gz"),
 })
+# issue 18's targets through lower_limb_35: the 7 whole-leg stations joined (both legs) and the 512^2 CT
+WHOLE_LEG = REPO / "benchmarks" / "work" / "whole_leg_joined.nii.gz"
+CASES.update({
+    "ll35_whole_leg": ("lower_limb_35", WHOLE_LEG),
+    "ll35_ct_512x512x400": ("lower_limb_35", REPO / "benchmarks" / "work" / "synthetic_ct_512x512x400.nii.gz"),
+})
 DEFAULT_CASES = ["ct_512x512x400", "pelvis_ct", "calf_test_low", "calf_twolegs"]
-STAGES = ["read", "split_legs", "side_check", "preprocess", "stage1", "stage2", "fusion", "postprocess",
+
+
+def ensure_whole_leg(path: Path = WHOLE_LEG) -> Path:
+    """The 7 qMRITools stations joined foot to hip (what ``muscle-pipeline join`` writes), once."""
+    if path.is_file():
+        return path
+    import nibabel as nib
+    import numpy as np
+
+    from muscle_pipeline.io import read_image
+    from muscle_pipeline.transforms.stations import join_stations
+
+    folder = DATA / "qmritools" / "wholeleg_stations_unlabeled"
+    joined = join_stations([read_image(folder / f"Join_{i}.nii.gz") for i in range(1, 8)]).image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(joined).squeeze().astype(np.float32), np.asarray(joined.affine, float)), path)
+    return path
+
+
+def summary(label: str) -> Path:
+    """``bench_whole_volume_<label>.md``: per case the median total, the peak memory and the stages."""
+    report = json.loads((RESULTS / f"bench_whole_volume_{label}.json").read_text())
+    lines = [f"# Segment job per case ({label}): benchmarks/bench_whole_volume.py", "",
+             f"* {report['machine']}; {report['threads']} threads, {report['repeats']} repeats (median), "
+             f"commit {report['commit']}; load average at end {report['load_average_at_end']}",
+             "* read + segment_image in a fresh process (Python and model loading not included); lower_limb_35 "
+             f"with the weights of {LL35_WEIGHTS.relative_to(REPO)} (trained from the atlas here, NOT shipped: "
+             "speed does not depend on their quality, the boxes they find do)", "",
+             "| case | model | shape | total s | peak RSS MB | " + " | ".join(STAGES) + " |",
+             "|---|---|---|---|---|" + "---|" * len(STAGES)]
+    for case in report["cases"]:
+        med = median_stages(case)
+        peak = max(r["peak_rss_mb"] for r in case["runs"])
+        lines.append(f"| {case['case']} | {case['model']} | {'x'.join(map(str, case['shape']))} | {med['total']:.1f} | "
+                     f"{peak:.0f} | " + " | ".join(f"{med.get(s, 0.0):.2f}" for s in STAGES) + " |")
+    out = RESULTS / f"bench_whole_volume_{label}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+    return out
+STAGES = ["read", "split_legs", "side_check", "preprocess", "n4", "stage1", "stage2", "fusion", "postprocess",
           "mirror_merge"]
 
 
@@ -183,8 +228,10 @@ def main(argv=None) -> int:
     report = {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "label": args.label,
               "commit": commit, "cases": []}
     for name in args.cases.split(","):
-        if name.startswith("ct_"):
+        if "ct_512" in name:
             ensure_synthetic_ct(CASES[name][1])
+        if name == "ll35_whole_leg":
+            ensure_whole_leg()
         cmd = [sys.executable, __file__, "one", "--case", name, "--label", args.label, "--threads", str(args.threads),
                "--repeats", str(args.repeats)]
         print(f"{name} ...", flush=True)
@@ -195,6 +242,7 @@ def main(argv=None) -> int:
     report["load_average_at_end"] = list(os.getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"bench_whole_volume_{args.label}.json").write_text(json.dumps(report, indent=1, default=str))
+    summary(args.label)
     return 0
 
 
