@@ -165,11 +165,12 @@ def segment_image(
 
     def predict(right_looking: MetaTensor):
         leg = right_looking.meta[LEG_META_KEY]
-        stage(f"segment {leg['side']} leg")
+        side = leg.get("mirrored_from") or leg["side"]  # a mirrored left leg looks right by now
+        stage(f"segment {side} leg")
         t0 = time.perf_counter()
         with torch.inference_mode():
             pred = model.predict(right_looking)
-        timings[f"model_{leg['side']}"] = time.perf_counter() - t0
+        timings[f"model_{side}"] = time.perf_counter() - t0
         return torch.as_tensor(np.asarray(pred)).reshape(right_looking.shape[1:])
 
     for crop, side_check in zip(crops, side_checks):

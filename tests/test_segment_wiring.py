@@ -57,6 +57,15 @@ def test_left_leg_gets_left_values_in_any_orientation(orientation):
     truth_right_x = _world_x(truth, affine, ontology.value_of("tibia_right"))
     midline = (truth_left_x.mean() + truth_right_x.mean()) / 2
     assert left_x.max() < midline < right_x.min()
+    # timings and progress name each leg by the subject's side, not by how the crop looks (right)
+    assert {"model_left", "model_right"} <= set(result.timings)
+
+
+def test_progress_names_both_legs():
+    ph = make_phantom(region="calf", modality="mr", shape=(72, 48, 12), seed=3)
+    stages = []
+    segment_image(ph.image, BodyModel(), stage=stages.append)
+    assert [s for s in stages if s.startswith("segment ")] == ["segment left leg", "segment right leg"]
 
 
 def test_memory_budget_option_reaches_the_model(monkeypatch, tmp_path):
