@@ -48,15 +48,27 @@ def measure_volumes(label_map: np.ndarray, affine: np.ndarray) -> list[Structure
     Volumes are in mL (voxel volume from the affine's column norms, mm³ / 1000). Values not in
     the ontology are reported with the name ``unknown_<value>``.
     """
+    from scipy import ndimage
+
     label_map = np.asarray(label_map)
+    if label_map.dtype.kind not in "ui":
+        label_map = label_map.round().astype(np.int64)
     affine = np.asarray(affine, dtype=float)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     si_axis = superior_axis(affine)
     n_si = label_map.shape[si_axis]
-    values, counts = np.unique(label_map[label_map > 0], return_counts=True)
+    # one pass for every label's count and bounding box; each label is then measured inside its
+    # box only (a 512x512x400 CT with 70 labels took 38 s comparing the whole map per label)
+    flat = label_map.ravel()
+    counts_by_value = np.bincount(flat[flat > 0] if flat.dtype.kind == "i" else flat)
+    boxes = ndimage.find_objects(np.clip(label_map, 0, None) if label_map.dtype.kind == "i" else label_map)
     out: list[StructureVolume] = []
-    for value, count in zip(values.tolist(), counts.tolist()):
-        idx = np.argwhere(label_map == value)
+    for value in np.flatnonzero(counts_by_value).tolist():
+        if value == 0:
+            continue
+        count = int(counts_by_value[value])
+        box = boxes[value - 1]
+        idx = np.argwhere(label_map[box] == value) + np.array([b.start for b in box])
         si = np.unique(idx[:, si_axis])
         centroid = affine @ np.append(idx.mean(axis=0), 1.0)
         try:
