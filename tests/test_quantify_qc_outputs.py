@@ -112,3 +112,24 @@ def test_case_lock_is_exclusive_and_released(tmp_path):
                 pass
     with outputs.case_lock(tmp_path, "c"):
         pass
+
+
+def test_volumes_from_label_boxes_equal_a_whole_map_count():
+    """measure_volumes works inside each label's bounding box; the figures are those of comparing the
+    whole map with each value (counts, slices, border flag, centroid)."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((40, 30, 20), np.uint8)
+    for value in (2, 17, 117, 250):
+        start = rng.integers(0, [30, 20, 12])
+        labels[tuple(slice(a, a + n) for a, n in zip(start, rng.integers(3, 10, 3)))] = value
+    labels[5, 5, 19] = 17  # a stray voxel on the top slice: the border flag must see it
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    affine[:3, 3] = [10.0, -5.0, 40.0]
+    si = superior_axis(affine)
+    for v in measure_volumes(labels, affine):
+        idx = np.argwhere(labels == v.value)
+        slices = np.unique(idx[:, si])
+        assert v.voxels == len(idx) and v.slices_with_label == slices.size
+        assert v.touches_border == bool(slices[0] == 0 or slices[-1] == labels.shape[si] - 1)
+        assert np.allclose(v.centroid_ras_mm, (affine @ np.append(idx.mean(0), 1.0))[:3], atol=0.01)
+    assert [v.value for v in measure_volumes(labels, affine)] == sorted(set(np.unique(labels)) - {0})
