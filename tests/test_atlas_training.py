@@ -132,3 +132,30 @@ def test_train_atlas_config_runs_from_the_command_line(shared_data, tmp_path):
     assert (out / "stage1.pt").is_file() and (out / "cascade.json").is_file()
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.nii.gz")) == [
         "VHF_6mm_v1_left.nii.gz", "VHF_6mm_v1_right.nii.gz", "VHF_6mm_v1_scene.nii.gz"]
+
+
+def test_atlas_and_the_real_calf_train_together_with_partial_labels(shared_data, tmp_path):
+    """train.json + train_atlas.json + train_atlas_calf.json: the atlas scenes (every structure
+    labelled) and the real DTI calf (7 calf muscles) in one data list, stage 1 told which groups
+    the calf labels, the configured loss the partial-label one; a short stage-1 run trains."""
+    from muscle_pipeline.losses import PartialLabelLoss
+    from test_cascade_training import REPO
+
+    configs = REPO / "bundles" / "lower_limb_35" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / name) for name in ("train.json", "train_atlas.json", "train_atlas_calf.json")])
+    assert "runs/lower_limb_35_atlas_calf" in parser["output_dir"] and "bundle_root" not in parser["output_dir"]
+    parser.update({"data_root": str(shared_data), "atlas_cache": str(tmp_path / "cache"), "atlas_spacing": 6.0,
+                   "atlas_subjects": ["VHF"], "output_dir": str(tmp_path / "weights"),
+                   "trainer#stage1_iterations": 3, "trainer#probe_samples": 1})
+    trainer = parser.get_parsed_content("trainer")
+    assert isinstance(trainer.loss, PartialLabelLoss)
+    sources = [c["source"] for c in trainer.cases]
+    assert sources.count("real DTI calf") == 1 and len(sources) == 3  # the woman's two legs + the calf
+    calf = next(c for c in trainer.cases if c["source"] == "real DTI calf")
+    labelled = dict(zip(["background", *trainer.groups], calf["labelled1"].tolist()))
+    assert labelled["posterior_leg_superficial"] and labelled["anterolateral_leg"]
+    assert not labelled["quadriceps"] and not labelled["gluteal"]
+    assert all(c["labelled1"].all() for c in trainer.cases if c["source"] != "real DTI calf")
+    assert trainer.run("1")[0].name == "stage1.pt"
+    assert set(trainer.probe_losses["stage 1"]) == set(sources)
