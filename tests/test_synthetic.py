@@ -87,15 +87,23 @@ def test_bad_arguments_raise():
 # ------------------------------------------------------------------------------------- anatomy
 @pytest.mark.parametrize("region", ["thigh", "calf", "hip"])
 def test_every_muscle_on_both_sides_with_plausible_volume(phantoms, region):
+    from muscle_pipeline.quantify import implausible_volumes, measure_volumes
+
     ph = phantoms(region)
-    voxel_ml = abs(np.linalg.det(ph.affine[:3, :3])) / 1000.0
     counts = ph.info["label_voxels"]
+    volumes = {v.name: v for v in measure_volumes(np.asarray(ph.labels), np.asarray(ph.affine))}
+    # plausible: inside the atlas-derived range of the segment job's own check (a muscle cut by
+    # the field of view, e.g. the gluteus maximus of a thigh phantom, only below its upper bound)
+    assert implausible_volumes(list(volumes.values())) == []
+    ratios = []
     for muscle in available_muscles(region):
-        right = counts.get(f"{muscle}_right", 0) * voxel_ml
-        left = counts.get(f"{muscle}_left", 0) * voxel_ml
-        assert 1.0 < right < 2500.0 and 1.0 < left < 2500.0, (muscle, right, left)
-        # the two sides differ (random per side) but stay alike
-        assert 1 / 3 < right / left < 3, (muscle, right, left)
+        right, left = volumes[f"{muscle}_right"].volume_ml, volumes[f"{muscle}_left"].volume_ml
+        assert right > 0 and left > 0, muscle
+        # each side has its own random size (in-plane 0.9-1.1) and place: alike within 2x (seeds
+        # 0-3 gave 0.61-1.88), and not copies of each other
+        assert 1 / 2 < right / left < 2, (muscle, right, left)
+        ratios.append(right / left)
+    assert max(abs(np.log(ratios))) > 0.05, ratios
     assert set(ph.info["muscles"]) == set(available_muscles(region))
     # tissues and bones are labelled too
     for name in ("skin", "subcutaneous_fat"):
