@@ -50,15 +50,6 @@ def load_model(model: str | Path = "calf_mri", device: str = "cpu", **overrides)
         raise ModelError(f"model {model!r}: cannot read its configs/inference.json ({exc})") from None
 
 
-def _model_values(model) -> list[int]:
-    """Every label value the model can write: each structure on both sides."""
-    values = []
-    for name in model.structures:
-        s = ontology.structure(name)
-        values += [s.base, s.base + ontology.LEFT_OFFSET] if s.sided else [s.base]
-    return sorted(values)
-
-
 def _versions() -> dict:
     import monai
     import torch
@@ -98,7 +89,7 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
     label_array = result.labels.numpy().astype(np.uint8)
     affine = np.asarray(image.affine, dtype=float)
     write_label_map(label_array, image, folder / "segmentation.nii.gz")
-    ontology.write_label_tables(folder, values=_model_values(model))
+    ontology.write_label_tables(folder, values=ontology.structure_values(model.structures))
     volumes = measure_volumes(label_array, affine)
     write_volumes_csv(volumes, folder / "volumes.csv")
     title = f"{case.case_id} ({model_name})" + (f" · {recognition.summary()}" if recognition is not None else "")

@@ -228,14 +228,10 @@ def resolve_reference_map(reference_map: ReferenceMap) -> tuple[str, dict[int, i
 
 def map_reference(array: np.ndarray, values: Mapping[int, int]) -> tuple[np.ndarray, set[int]]:
     """Source values -> ontology values (uint8); returns ``(mapped, dropped)``: the non-zero source
-    values the map does not name (they become 0)."""
-    present = np.unique(array)
-    dropped = {int(v) for v in present if v != 0 and int(v) not in values}
-    lut = np.zeros(int(present.max()) + 1 if present.size else 1, dtype=np.uint8)
-    for source, value in values.items():
-        if 0 <= source < lut.size:
-            lut[source] = value
-    return lut[array], dropped
+    values the map does not name (they become 0). :func:`muscle_pipeline.datasets.map_labels`."""
+    from muscle_pipeline.datasets import map_labels
+
+    return map_labels(array, values, return_dropped=True)
 
 
 def covering_value(value: int, labelled: set[int]) -> int | None:
@@ -422,15 +418,6 @@ def write_tables(rows: EvaluationRows | Sequence[dict], out_dir: str | Path) -> 
 
 # ---------------------------------------------------------------------------------------------
 # A model on a declared evaluation list (bundles' configs/evaluate.json)
-def model_values(model) -> list[int]:
-    """Every value ``model`` can write: each of its structures on both sides (unsided once)."""
-    out = []
-    for name in model.structures:
-        structure = ontology.structure(name)
-        out += [structure.base, structure.base + ontology.LEFT_OFFSET] if structure.sided else [structure.base]
-    return out
-
-
 def evaluate_datalist(
     model,
     dataset: Sequence[Mapping],
@@ -456,7 +443,7 @@ def evaluate_datalist(
 
     out = Path(output_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
-    values = model_values(model)
+    values = ontology.structure_values(model.structures)
     rows, scored_entries, seen = EvaluationRows(), [], set()
     for index, entry in enumerate(dataset):
         entry = dict(entry)
@@ -474,7 +461,7 @@ def evaluate_datalist(
         sides = entry.get("sides") or "both"
         if sides not in ("both", "right", "left"):
             raise UsageError(f"evaluation entry {index}: sides must be 'both', 'right' or 'left', got {sides!r}")
-        scope = [v for v in values if sides == "both" or _side_of(v) in (sides, None)]
+        scope = [v for v in values if sides == "both" or ontology.label(v).side in (sides, None)]
         image = read_image(entry["image"])
         labels = segment_image(image, model).labels
         pred_path = out / "predictions" / f"{case}.nii.gz"
@@ -488,10 +475,6 @@ def evaluate_datalist(
     write_tables(rows, out)
     (out / "datalist.json").write_text(json.dumps(scored_entries, indent=1, default=str))
     return rows
-
-
-def _side_of(value: int) -> str | None:
-    return ontology.label(int(value)).side
 
 
 def _simulated_other_leg(entry: dict, folder: Path, case: str) -> dict:

@@ -452,6 +452,16 @@ def structure(name: str) -> Structure:
     raise KeyError(f"{name!r} is not a structure of the muscle ontology")
 
 
+def structure_values(names: Iterable[str]) -> list[int]:
+    """Every value of these structures: a sided one's right (base) and left value, an unsided one's
+    base; sorted (what a model segmenting ``names`` can write)."""
+    values = []
+    for name in names:
+        s = structure(name)
+        values += [s.base, s.base + LEFT_OFFSET] if s.sided else [s.base]
+    return sorted(values)
+
+
 def mirror_value(value: int) -> int:
     """The same structure on the other side (unsided values and background map to themselves)."""
     if value == 0:

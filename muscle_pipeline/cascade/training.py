@@ -36,13 +36,19 @@ __all__ = ["load_case", "load_scene", "one_side", "load_side_cases", "structure_
 
 log = logging.getLogger(__name__)
 
-def _structure_of_value(value: int, label_map: dict) -> tuple[str, str | None]:
-    name = label_map[value]
-    if name.endswith("_left"):
-        return name[: -len("_left")], "left"
-    if name.endswith("_right"):
-        return name[: -len("_right")], "right"
-    return name, None
+def _structure_name(name: str) -> str:
+    """``soleus_left`` -> ``soleus`` (a side-less name as it is)."""
+    return name.removesuffix("_left").removesuffix("_right")
+
+
+def _right_if_sideless(name: str) -> str:
+    """A label name of a lab's own map: ``soleus`` (a sided structure without its side) means the
+    right side, ``soleus_right``; full ontology names stay."""
+    try:
+        ontology.label(name)
+        return name
+    except KeyError:
+        return f"{name}_right"
 
 
 def load_case(image_path: str, label_path: str, label_map: str | dict) -> tuple[MetaTensor, MetaTensor]:
@@ -52,19 +58,14 @@ def load_case(image_path: str, label_path: str, label_map: str | dict) -> tuple[
     a dict source value → ontology name (``"soleus_right"``; a side-less name means the right
     side). Unmapped source values become background.
     """
+    from ..datasets import map_labels
+
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     image = loader(image_path).float()
     source = loader(label_path)
-    if isinstance(label_map, str):
-        from ..datasets import map_labels
-
-        mapped = np.asarray(map_labels(np.asarray(source[0]).round().astype(np.int64), label_map))
-    else:
-        src = np.asarray(source[0]).round().astype(np.int64)
-        mapped = np.zeros(src.shape, np.uint8)
-        for value, name in label_map.items():
-            structure, side = _structure_of_value(int(value), {int(value): name})
-            mapped[src == int(value)] = right_value(structure) + (ontology.LEFT_OFFSET if side == "left" else 0)
+    if not isinstance(label_map, str):  # a side-less name means the right side
+        label_map = {int(v): _right_if_sideless(str(n)) for v, n in label_map.items()}
+    mapped = np.asarray(map_labels(np.asarray(source[0]).round().astype(np.int64), label_map))
     labels = MetaTensor(torch.as_tensor(mapped.astype(np.uint8)[None]), affine=source.affine, meta=dict(source.meta))
     return image, labels
 
@@ -174,7 +175,7 @@ def annotated_structures(entry: dict) -> set[str] | None:
             names = dataset_map(label_map).values()
         else:
             names = label_map.values()
-    return {_structure_of_value(0, {0: str(n)})[0] for n in names}
+    return {_structure_name(str(n)) for n in names}
 
 
 def source_name(entry: dict, index: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 
@@ -80,8 +81,11 @@ def dataset_ontology_values(name: str) -> dict[int, int]:
     return {value: ontology.value_of(label_name) for value, label_name in dataset_map(name).items()}
 
 
-def map_labels(array, name: str, *, return_dropped: bool = False):
+def map_labels(array, name: str | Mapping[int, str | int], *, return_dropped: bool = False):
     """Convert a label map with dataset ``name``'s values into ontology values.
+
+    ``name``: a dataset map name, or a dict ``{source value: ontology name or value}`` (a lab's own
+    numbering).
 
     ``array``: numpy array or torch tensor / MetaTensor of integer labels, any shape (metadata is
     kept). Returns the same type with dtype uint8 (every ontology value fits). Source values the
@@ -91,7 +95,11 @@ def map_labels(array, name: str, *, return_dropped: bool = False):
     from monai.transforms import MapLabelValue
     from monai.utils import convert_data_type
 
-    values = dataset_ontology_values(name)
+    if isinstance(name, str):
+        values = dataset_ontology_values(name)
+    else:
+        values = {int(k): v if isinstance(v, (int, np.integer)) else ontology.value_of(str(v)) for k, v in name.items()}
+        name = "label map"
     array_np = convert_data_type(array, np.ndarray)[0]
     present = [int(v) for v in np.unique(array_np)]
     if array_np.size and not np.array_equal(array_np, np.round(array_np)):
