@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["accepts_labelled_classes", "fit", "stack_batch"]
+__all__ = ["accepts_labelled_classes", "fit", "plain_tensor", "stack_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def accepts_labelled_classes(loss) -> bool:
         return False
 
 
-def _plain(x) -> torch.Tensor:
+def plain_tensor(x) -> torch.Tensor:
+    """A MetaTensor's bare tensor (its bookkeeping only slows the network and augmentation down);
+    anything else as a tensor."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
@@ -44,8 +46,8 @@ def stack_batch(batch: Sequence[Mapping] | Mapping, device) -> tuple[torch.Tenso
     float, labels (B, 1, ...) int64, labelled (B, K) bool or None."""
     if isinstance(batch, Mapping):
         labelled = batch.get("labelled")
-        return (_plain(batch["image"]).float().to(device), _plain(batch["label"]).round().long().to(device),
-                None if labelled is None else _plain(labelled).bool().to(device))
+        return (plain_tensor(batch["image"]).float().to(device), plain_tensor(batch["label"]).round().long().to(device),
+                None if labelled is None else plain_tensor(labelled).bool().to(device))
     x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).float().to(device)
     y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).round().long().to(device)
     labelled = None

@@ -27,7 +27,7 @@ from monai.transforms import LoadImage, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
 
 from .. import labels as ontology
-from ..training_loop import fit
+from ..training_loop import fit, plain_tensor
 from .boxes import Box, BoxPriors, box_from_mask
 from .model import groups_for, prepare_grids, read_bundle_config, right_value
 
@@ -260,7 +260,7 @@ def prepare_scene(scene: MetaTensor, cascade, structures: list[str]) -> dict:
     lut = torch.as_tensor(structure_lut(structures).astype(np.int64))
     out = {"scene2": grids["label2"], "scene1": grids["label1"]}
     for key, lab in (("label2", grids["label2"]), ("label1", grids["label1"])):
-        out[key] = MetaTensor(lut[_plain(lab).round().long().clamp(0, 255)].to(torch.uint8), affine=lab.affine)
+        out[key] = MetaTensor(lut[plain_tensor(lab).round().long().clamp(0, 255)].to(torch.uint8), affine=lab.affine)
     return out
 
 
@@ -269,10 +269,6 @@ def prepare_case(image: MetaTensor, labels: MetaTensor, cascade) -> dict:
     grids = prepare_grids(image, cascade["stage1_spacing"], cascade["stage2_spacing"], cascade["intensity"],
                           cascade.get("bias_correction"), labels=labels)
     return {**grids, "image2": grids["image2"].float(), "image1": grids["image1"].float()}
-
-
-def _plain(x) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 def _round_up(v: float, d: int) -> int:
@@ -397,7 +393,7 @@ class CascadeTrainer:
         d = self.synthesis({"scene": grid})
         image = self.cascade["intensity"](torch.as_tensor(d["image"]).float())
         target = target_of(np.asarray(torch.as_tensor(d["scene"])[0]).round().astype(np.uint8))
-        return {"image": _plain(image).float(), "label": torch.as_tensor(target[None].astype(np.float32))}
+        return {"image": plain_tensor(image).float(), "label": torch.as_tensor(target[None].astype(np.float32))}
 
     def world_boxes(self, case: dict) -> dict:
         out = {}
@@ -432,8 +428,8 @@ class CascadeTrainer:
         set_determinism(self.seed + self.rank)  # the initial weights too: a run is repeatable whatever ran before
         network = self.parser.get_parsed_content("stage1_network").to(self.device)
         roi = tuple(self.parser["stage1_roi"])
-        samples = [{"scene": _plain(c["scene1"])} if "scene1" in c else
-                   {"image": _plain(c["image1"]), "label": self.group_target(c).float()} for c in self.cases]
+        samples = [{"scene": plain_tensor(c["scene1"])} if "scene1" in c else
+                   {"image": plain_tensor(c["image1"]), "label": self.group_target(c).float()} for c in self.cases]
         keys = ["image", "label", "scene"]
         pad = SpatialPadd(keys, roi, allow_missing_keys=True)
         crop = RandSpatialCropd(keys, roi, random_size=False, allow_missing_keys=True)
@@ -486,9 +482,9 @@ class CascadeTrainer:
             outer = Box(tuple(a - m for a, m in zip(enlarged.start, margin)),
                         tuple(b + m for b, m in zip(enlarged.stop, margin))).clip(shape)
             if is_scene:
-                d = self._synthesize(_plain(image[(slice(None), *outer.slices)]), spacing, mask_of)
+                d = self._synthesize(plain_tensor(image[(slice(None), *outer.slices)]), spacing, mask_of)
             else:
-                d = {"image": _plain(image[(slice(None), *outer.slices)]).clone(),
+                d = {"image": plain_tensor(image[(slice(None), *outer.slices)]).clone(),
                      "label": mask[(slice(None), *outer.slices)].clone()}
             if self.aug2 is not None:
                 d = self.aug2(d)

@@ -24,7 +24,7 @@ import torch
 
 from muscle_pipeline.photo.evaluation import confusion_matrix, evaluate, scores
 from muscle_pipeline.photo.network import network_kwargs_of, save_checkpoint
-from muscle_pipeline.training_loop import fit as fit_loop
+from muscle_pipeline.training_loop import fit as fit_loop, plain_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,6 @@ def loss_target(loss_function, labels: torch.Tensor) -> torch.Tensor:
     """Labels ``(N, 1, W, H)`` as ``loss_function`` wants them: ``(N, W, H)`` for torch's
     ``CrossEntropyLoss``, unchanged for MONAI losses (``DiceCELoss(to_onehot_y=True)`` ...)."""
     return labels[:, 0] if isinstance(loss_function, torch.nn.CrossEntropyLoss) else labels
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    # MetaTensor bookkeeping is not needed inside the network and slows every operation down.
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
 
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
@@ -119,7 +114,7 @@ def fit(network: torch.nn.Module, optimizer, loss_function, train_loader, val_lo
                "val_loss": None, "val_miou": None, "val_miou_muscles": None, "val_pixel_accuracy": None,
                "seconds": time.perf_counter() - start}
         if val_loader is not None and (epoch % int(val_interval) == 0 or epoch == int(epochs)):
-            result = evaluate(network, ({"image": _plain(b["image"]), "label": _plain(b["label"])} for b in val_loader),
+            result = evaluate(network, ({"image": plain_tensor(b["image"]), "label": plain_tensor(b["label"])} for b in val_loader),
                               device=device, loss_function=loss_function)
             row.update(val_loss=result["loss"], val_miou=result["miou"], val_miou_muscles=result["miou_muscles"],
                        val_pixel_accuracy=result["pixel_accuracy"])
