@@ -110,6 +110,7 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
         "sources": [str(p) for p in case.paths],
         "model": model_name,
         "device": str(getattr(model, "device", "cpu")),
+        "precision": getattr(model, "precision", "fp32"),
         "versions": _versions(),
         "input": {"shape": list(label_array.shape), "affine": affine.round(6).tolist(),
                   "modality": image.meta.get("modality")},
@@ -135,6 +136,7 @@ def segment(
     progress: bool = True,
     memory_budget_mb: float | None = None,
     force: bool = False,
+    precision: str | None = None,
 ) -> list[CaseResult]:
     """Segment every case found in ``inputs`` (files or folders, searched recursively) and write
     one output folder per case under ``output_dir`` (see docs/outputs.md).
@@ -143,7 +145,9 @@ def segment(
     recorded in ``batch_report.csv`` and the batch goes on), shardable (``shard="i/n"``). Returns
     one :class:`CaseResult` per case of the shard (``status`` complete/skipped/failed/locked;
     ``details`` holds the case's report, with volumes in mL and warnings). ``memory_budget_mb``
-    overrides a cascade bundle's fusion working-memory budget (see docs/benchmarks.md).
+    overrides a cascade bundle's fusion working-memory budget (see docs/benchmarks.md);
+    ``precision`` its networks' precision (``"auto"``: bf16 where the CPU/GPU computes it natively,
+    ``"fp32"``, ``"bf16"``, ``"fp16"`` on CUDA; default: the bundle's, ``auto``).
 
     Each case is recognised first (modality, region per slice, legs: :mod:`muscle_pipeline.recognition`).
     ``model="auto"`` picks the shipped model that covers it; a named model (or a bundle path) is
@@ -157,7 +161,7 @@ def segment(
         first = inputs if isinstance(inputs, (str, Path)) else next(iter(inputs), None)
         raise NoCasesFoundError(first, "no readable scan found" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
-    models = ModelPicker(model, device=device, memory_budget_mb=memory_budget_mb, force=force)
+    models = ModelPicker(model, device=device, memory_budget_mb=memory_budget_mb, force=force, precision=precision)
 
     def process(case, image, folder, stage):
         stage("recognise")
@@ -177,8 +181,9 @@ class ModelPicker:
     a named model is loaded before any case so that a missing bundle fails the job at once."""
 
     def __init__(self, model: str | Path = "auto", device: str = "cpu", memory_budget_mb: float | None = None,
-                 force: bool = False):
+                 force: bool = False, precision: str | None = None):
         self.requested, self.device, self.memory_budget_mb, self.force = model, device, memory_budget_mb, force
+        self.precision = precision
         self._loaded: dict[Path, tuple] = {}
         self.fixed = None if str(model) == routing.AUTO else routing.resolve_bundle(model)
         if self.fixed is not None:
@@ -186,7 +191,9 @@ class ModelPicker:
 
     def _load(self, root: Path) -> tuple:
         if root not in self._loaded:
-            net = load_model(root, device=self.device)
+            # cascade bundles have a "precision" config id; the 2.5D model runs fp32 whatever is asked
+            overrides = {"precision": self.precision} if self.precision else {}
+            net = load_model(root, device=self.device, **overrides)
             if self.memory_budget_mb is not None and hasattr(net, "memory_budget_mb"):
                 net.memory_budget_mb = float(self.memory_budget_mb)
             provenance = {"model_path": str(root), "model_weights_sha256": routing.weights_sha256(root)}

@@ -8,6 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
+from ..precision import autocast
 from .boxes import BoxPriors, WorldBox, box_from_probability
 
 __all__ = ["Localizer"]
@@ -25,10 +26,12 @@ class Localizer:
         roi_size: sliding-window patch (voxels of the stage-1 grid).
         threshold: group probability that counts as inside.
         margin_mm: safety margin added around every predicted muscle box (stage-1 boxes are coarse).
+        autocast_dtype: run the network under ``torch.autocast`` with this dtype; None: fp32.
     """
 
     def __init__(self, network: torch.nn.Module, priors: BoxPriors, roi_size, sw_batch_size: int = 2,
-                 overlap: float = 0.25, threshold: float = 0.5, margin_mm: float = 6.0):
+                 overlap: float = 0.25, threshold: float = 0.5, margin_mm: float = 6.0,
+                 autocast_dtype: torch.dtype | None = None):
         self.network = network.eval()
         self.priors = priors
         self.roi_size = tuple(int(v) for v in roi_size)
@@ -36,6 +39,7 @@ class Localizer:
         self.overlap = overlap
         self.threshold = threshold
         self.margin_mm = margin_mm
+        self.autocast_dtype = autocast_dtype
 
     @property
     def groups(self) -> list[str]:
@@ -44,11 +48,11 @@ class Localizer:
     def group_probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` (1, X, Y, Z) preprocessed on the stage-1 grid → softmax (1 + G, X, Y, Z)."""
         device = next(self.network.parameters()).device
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.autocast_dtype, device):
             logits = sliding_window_inference(
                 torch.as_tensor(image, dtype=torch.float32)[None].to(device), self.roi_size, self.sw_batch_size,
-                self.network, overlap=self.overlap, mode="gaussian")
-            return torch.softmax(logits[0], 0).cpu()
+                lambda x: self.network(x).float(), overlap=self.overlap, mode="gaussian")
+            return torch.softmax(logits[0].float(), 0).cpu()
 
     def boxes(self, image: MetaTensor) -> dict[str, WorldBox]:
         """World boxes (RAS mm) of every muscle, from the group maps and the learned priors.

@@ -18,6 +18,7 @@ from monai.transforms import Orientation, SpatialResample, Spacing
 
 from .. import labels as ontology
 from ..bundle import bundle_path, read_bundle_config
+from ..precision import resolve_precision
 from ..profiling import stage
 from .boxes import BoxPriors, WorldBox
 from .fuse import fuse_local_probabilities
@@ -197,14 +198,15 @@ def build_cascade(structures, modality: str, stage1_spacing, stage2_spacing, sta
                   device: str | torch.device = "cpu", stage1_threshold: float = 0.5, box_margin_mm: float = 6.0,
                   n_jitter: int = 6, jitter_ratio_range=(1.0, 1.8), overlap: float = 0.25, sw_batch_size: int = 2,
                   fusion_threshold: float = 0.5, postprocess: bool = True, closing_mm: float = 3.0,
-                  memory_budget_mb: float | None = 512, seed: int = 0) -> CascadeModel:
+                  memory_budget_mb: float | None = 512, seed: int = 0, precision: str = "fp32") -> CascadeModel:
     """The trained cascade from parsed config values: what a bundle's ``inference.json`` item
     ``cascade`` calls (``"_target_": "muscle_pipeline.cascade.build_cascade"``, every argument an
     ``@id``), so ``monai.bundle run ... --n_jitter 2`` changes what runs.
 
     ``stage1_network``: a network; ``stage2_network``: a factory (``"_mode_": "callable"``), one
     network per structure; weights from ``models_dir`` (``stage1.pt``, ``stage2_<muscle>.pt``,
-    ``cascade.json`` with box priors and patch sizes)."""
+    ``cascade.json`` with box priors and patch sizes). ``precision``: ``"fp32"``, ``"bf16"`` or
+    ``"auto"`` (bf16 where the device computes it natively; :mod:`muscle_pipeline.precision`)."""
     models = Path(models_dir)
     meta = json.loads((models / "cascade.json").read_text())
     # structures no training case labelled have no stage-2 model: the cascade segments the others
@@ -212,20 +214,24 @@ def build_cascade(structures, modality: str, stage1_spacing, stage2_spacing, sta
     if untrained & set(structures):
         log.warning("%s: no trained model for %s; they are not segmented", models, ", ".join(sorted(untrained & set(structures))))
     structures = [m for m in structures if m not in untrained]
+    autocast_dtype = resolve_precision(precision, device)
     stage1_network.load_state_dict(torch.load(models / "stage1.pt", map_location="cpu", weights_only=True))
     localizer = Localizer(stage1_network.to(device), BoxPriors.from_dict(meta["priors"]), stage1_roi,
                           sw_batch_size=sw_batch_size, overlap=overlap, threshold=stage1_threshold,
-                          margin_mm=box_margin_mm)
+                          margin_mm=box_margin_mm, autocast_dtype=autocast_dtype)
     networks = {}
     for m in structures:
         net = stage2_network()
         net.load_state_dict(torch.load(models / f"stage2_{m}.pt", map_location="cpu", weights_only=True))
         networks[m] = net.to(device)
     refiner = Refiner(networks, meta["patch_sizes"], n_jitter=n_jitter, ratio_range=jitter_ratio_range, overlap=overlap,
-                      sw_batch_size=max(2, n_jitter), seed=seed)
-    return CascadeModel(structures, modality, localizer, refiner, stage1_spacing, stage2_spacing, intensity,
-                        bias_correction, threshold=fusion_threshold, postprocess=postprocess, closing_mm=closing_mm,
-                        memory_budget_mb=memory_budget_mb)
+                      sw_batch_size=max(2, n_jitter), seed=seed, autocast_dtype=autocast_dtype)
+    model = CascadeModel(structures, modality, localizer, refiner, stage1_spacing, stage2_spacing, intensity,
+                         bias_correction, threshold=fusion_threshold, postprocess=postprocess, closing_mm=closing_mm,
+                         memory_budget_mb=memory_budget_mb)
+    model.precision = "fp32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch.").replace(
+        "bfloat16", "bf16").replace("float16", "fp16")  # what runs, for report.json
+    return model
 
 
 def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu",
@@ -245,7 +251,7 @@ def load_cascade(bundle: str | os.PathLike, device: str | torch.device = "cpu",
     keys = ("structures", "modality", "stage1_spacing", "stage2_spacing", "stage1_roi", "stage1_network",
             "stage2_network", "intensity", "bias_correction", "stage1_threshold", "box_margin_mm", "n_jitter",
             "jitter_ratio_range", "overlap", "sw_batch_size", "fusion_threshold", "postprocess", "closing_mm",
-            "memory_budget_mb", "seed")
+            "memory_budget_mb", "seed", "precision")
     values = {k: parser.get_parsed_content(k) for k in keys if k in parser}
     models = parser.get_parsed_content("models_dir") if "models_dir" in parser else Path(parser["bundle_root"]) / "models"
     return build_cascade(models_dir=models, device=device, **values)

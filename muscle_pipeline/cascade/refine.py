@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
+from ..precision import autocast
 from .boxes import Box, jitter_boxes
 
 __all__ = ["Refiner", "LocalProbability"]
@@ -31,10 +32,13 @@ class Refiner:
         networks: muscle → U-Net with 2 output channels (background, muscle).
         patch_sizes: muscle → network patch (voxels of the stage-2 grid).
         seed: seeds the jitter so that a prediction is reproducible.
+        autocast_dtype: run the networks under ``torch.autocast`` with this dtype (bf16 where the
+            hardware has it, :func:`muscle_pipeline.precision.resolve_precision`); None: fp32.
     """
 
     def __init__(self, networks: dict[str, torch.nn.Module], patch_sizes: dict[str, tuple], n_jitter: int = 6,
-                 ratio_range=(1.0, 1.8), overlap: float = 0.25, sw_batch_size: int = 6, seed: int = 0):
+                 ratio_range=(1.0, 1.8), overlap: float = 0.25, sw_batch_size: int = 6, seed: int = 0,
+                 autocast_dtype: torch.dtype | None = None):
         self.networks = {m: n.eval() for m, n in networks.items()}
         self.patch_sizes = {m: tuple(int(v) for v in p) for m, p in patch_sizes.items()}
         self.n_jitter = int(n_jitter)
@@ -42,6 +46,7 @@ class Refiner:
         self.overlap = overlap
         self.sw_batch_size = max(2, int(sw_batch_size))
         self.seed = seed
+        self.autocast_dtype = autocast_dtype
 
     def refine_muscle(self, muscle: str, image: torch.Tensor, box: Box, rng: np.random.Generator) -> LocalProbability:
         """``image`` (1, X, Y, Z) on the stage-2 grid, ``box`` on that grid → local probability."""
@@ -62,10 +67,12 @@ class Refiner:
             pads.append(before)
         network = self.networks[muscle]
         device = next(network.parameters()).device
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.autocast_dtype, device):
+            # logits back to fp32 so that blending, softmax and averaging are not done in bf16
             logits = sliding_window_inference(torch.stack(batch).to(device), self.patch_sizes[muscle],
-                                              self.sw_batch_size, network, overlap=self.overlap, mode="gaussian")
-            fg = torch.softmax(logits, 1)[:, 1].cpu()
+                                              self.sw_batch_size, lambda x: network(x).float(), overlap=self.overlap,
+                                              mode="gaussian")
+            fg = torch.softmax(logits.float(), 1)[:, 1].cpu()
         union = crops[0]
         for c in crops[1:]:
             union = union.union(c)

@@ -33,6 +33,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--memory-budget-mb", type=float, default=None, metavar="MB",
                    help="working memory of one fusion block in MB (cascade models; default: the bundle's "
                         "memory_budget_mb, 512). Lower it for huge scans on small machines")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="the networks' precision (cascade models; default: the bundle's, auto = bf16 where the "
+                        "CPU/GPU computes it natively, e.g. AMX/AVX512-BF16 CPUs, else fp32; fp16: CUDA only)")
     return p
 
 
@@ -41,7 +44,8 @@ def run(args) -> int:
 
     results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
                       shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet,
-                      memory_budget_mb=args.memory_budget_mb, force=args.force)
+                      memory_budget_mb=args.memory_budget_mb, force=args.force,
+                      precision=args.precision)
     counts: dict[str, int] = {}
     for r in results:  # FAILED/REJECTED/WARNING lines were printed by the batch, once, as they came
         counts[r.status] = counts.get(r.status, 0) + 1
