@@ -95,3 +95,20 @@ def test_n4_reduces_low_frequency_nonuniformity_on_real_thigh_mri(shared_data):
 def test_n4_rejects_non_channel_first_input():
     with pytest.raises(ValueError, match="channel-first"):
         N4BiasFieldCorrection()(np.ones((8, 8, 8), dtype=np.float32))
+
+
+def test_skip_ct_leaves_the_real_ct_alone_and_still_corrects_mr(shared_data):
+    """CT has no coil bias field: with ``skip_ct`` a real CT comes back unchanged (and a flat
+    field), while an MR image is corrected exactly as without the option."""
+    ct = LoadImage(image_only=True, ensure_channel_first=True)(
+        str(shared_data / "totalsegmentator" / "ct_abdomen_pelvis" / "example_ct.nii.gz"))
+    same, field = N4BiasFieldCorrection(skip_ct=True, return_field=True)(ct)
+    assert torch.equal(same, ct.float()) and torch.equal(same.affine, ct.affine)
+    assert torch.all(field == 1)
+    # without the option N4 changes the CT (it fits a "field" to the anatomy)
+    assert not torch.allclose(N4BiasFieldCorrection()(ct), ct.float())
+
+    image, _, _ = make_biased_phantom(seed=2)
+    assert torch.equal(N4BiasFieldCorrection(skip_ct=True)(image), N4BiasFieldCorrection()(image))
+    out = N4BiasFieldCorrectiond(keys="image", skip_ct=True)({"image": ct})
+    assert torch.equal(out["image"], ct.float())

@@ -19,7 +19,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
-from muscle_pipeline.transforms.intensity import otsu_body_mask
+from muscle_pipeline.transforms.intensity import has_hounsfield_air, otsu_body_mask
 from muscle_pipeline.transforms.legs import voxel_spacing
 
 __all__ = [
@@ -117,11 +117,14 @@ class N4BiasFieldCorrection(Transform):
     3 levels x 50 iterations). Output float32 with the input's affine and meta. With
     ``return_field=True`` it returns ``(corrected, field)``, the multiplicative field on the
     same grid. The N4 correction changes intensities only, so there is nothing to invert.
+    ``skip_ct``: return a CT image (Hounsfield air, :func:`has_hounsfield_air`) unchanged (as
+    float32): CT has no receive-coil bias field, and N4 would fit one to anatomy (a bundle
+    trained on MR and CT applies the same rule in training and inference).
     """
 
     def __init__(self, shrink_factor: int = 4, num_fitting_levels: int = 3, iterations_per_level: int = 50,
                  convergence_threshold: float = 0.001, num_control_points: int = 4,
-                 return_field: bool = False, num_threads: int | None = 2) -> None:
+                 return_field: bool = False, num_threads: int | None = 2, skip_ct: bool = False) -> None:
         if shrink_factor < 1 or num_fitting_levels < 1 or iterations_per_level < 1:
             raise ValueError("shrink_factor, num_fitting_levels and iterations_per_level must be >= 1")
         self.shrink_factor = int(shrink_factor)
@@ -131,11 +134,17 @@ class N4BiasFieldCorrection(Transform):
         self.num_control_points = int(num_control_points)
         self.return_field = return_field
         self.num_threads = num_threads
+        self.skip_ct = skip_ct
 
     def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None):
         data = convert_to_numpy(img).astype(np.float32, copy=False)
         if data.ndim != 4:
             raise ValueError(f"N4BiasFieldCorrection expects channel-first (C, X, Y, Z), got shape {data.shape}")
+        if self.skip_ct and has_hounsfield_air(data):
+            unchanged = convert_to_dst_type(data, img, dtype=torch.float32)[0]
+            if self.return_field:
+                return unchanged, convert_to_dst_type(np.ones_like(data), img, dtype=torch.float32)[0]
+            return unchanged
         affine = getattr(img, "affine", None)
         affine = None if affine is None else convert_to_numpy(affine)
         body = None
@@ -166,11 +175,11 @@ class N4BiasFieldCorrectiond(MapTransform):
     def __init__(self, keys: KeysCollection, shrink_factor: int = 4, num_fitting_levels: int = 3,
                  iterations_per_level: int = 50, convergence_threshold: float = 0.001,
                  num_control_points: int = 4, mask_key: str | None = None, field_key: str | None = None,
-                 num_threads: int | None = 2, allow_missing_keys: bool = False) -> None:
+                 num_threads: int | None = 2, skip_ct: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.corrector = N4BiasFieldCorrection(shrink_factor, num_fitting_levels, iterations_per_level,
                                                convergence_threshold, num_control_points, return_field=True,
-                                               num_threads=num_threads)
+                                               num_threads=num_threads, skip_ct=skip_ct)
         self.mask_key = mask_key
         self.field_key = field_key
 

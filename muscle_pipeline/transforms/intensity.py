@@ -28,6 +28,7 @@ __all__ = [
     "CT_BONE_WINDOW_HU",
     "CT_SOFT_TISSUE_WINDOW_HU",
     "otsu_body_mask",
+    "has_hounsfield_air",
     "CTWindow",
     "CTWindowd",
     "MRNormalize",
@@ -49,6 +50,15 @@ CT_MUSCLE_WINDOW_HU = (-100.0, 250.0)
 CT_BONE_WINDOW_HU = (-500.0, 1300.0)
 # Radiological soft-tissue window, level 40 / width 400 HU.
 CT_SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
+
+
+def has_hounsfield_air(image: NdarrayOrTensor, max_samples: int = 2_000_000) -> bool:
+    """Whether an image's intensities are CT Hounsfield units: its 1st percentile is below -500
+    (air is about -1000 HU; MR intensities are not negative to that degree). Any shape; at most
+    ``max_samples`` evenly strided voxels are looked at (the percentile of a 400 MB CT in ~10 ms)."""
+    array = convert_to_numpy(image).reshape(-1)
+    sample = array[:: max(1, array.size // max_samples)]
+    return bool(sample.size) and float(np.percentile(sample, 1)) < -500.0
 
 
 def _slice_axis(affine: np.ndarray | None) -> int:
