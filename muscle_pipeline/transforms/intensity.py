@@ -55,7 +55,7 @@ CT_SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
 def has_hounsfield_air(image: NdarrayOrTensor, max_samples: int = 2_000_000) -> bool:
     """Whether an image's intensities are CT Hounsfield units: its 1st percentile is below -500
     (air is about -1000 HU; MR intensities are not negative to that degree). Any shape; at most
-    ``max_samples`` evenly strided voxels are looked at (the percentile of a 400 MB CT in ~10 ms)."""
+    ``max_samples`` evenly strided voxels are looked at (~30 ms for a 512x512x400 CT)."""
     array = convert_to_numpy(image).reshape(-1)
     sample = array[:: max(1, array.size // max_samples)]
     return bool(sample.size) and float(np.percentile(sample, 1)) < -500.0
