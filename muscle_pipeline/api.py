@@ -94,7 +94,8 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
     write_volumes_csv(volumes, folder / "volumes.csv")
     title = f"{case.case_id} ({model_name})" + (f" · {recognition.summary()}" if recognition is not None else "")
     save_qc_png(image.numpy(), label_array, affine, folder / "qc.png", title=title,
-                slice_regions=recognition.per_slice if recognition is not None else None)
+                slice_regions=recognition.per_slice if recognition is not None else None,
+                values=[v.value for v in volumes])
     warnings = list(result.warnings)
     cut = [v.name for v in volumes if v.touches_border]
     if cut:

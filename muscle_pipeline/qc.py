@@ -34,6 +34,20 @@ def _regions_on_ras_z(per_slice: list, affine: np.ndarray) -> dict[int, str]:
     return {(k if ornt[axis, 1] > 0 else n - 1 - k): r for k, r in enumerate(per_slice) if r}
 
 
+def _positive_values(label_map) -> np.ndarray:
+    """The sorted label values > 0 present in ``label_map``: from its run-length table (one
+    pass in C) for integer maps; ``np.unique`` (a sort of the whole map) otherwise."""
+    array = np.asarray(label_map)
+    if array.dtype.kind in "uib":
+        from muscle_pipeline.quantify import label_runs
+
+        if array.flags.f_contiguous and not array.flags.c_contiguous:
+            array = array.T  # the same values, read without a copy
+        return np.array(list(label_runs(array)), dtype=np.int64)
+    values = np.unique(array)
+    return values[values > 0]
+
+
 def _colour_lut(values: np.ndarray) -> dict[int, tuple[float, float, float]]:
     lut = {}
     for v in values.tolist():
@@ -44,12 +58,25 @@ def _colour_lut(values: np.ndarray) -> dict[int, tuple[float, float, float]]:
     return lut
 
 
-def _overlay(gray: np.ndarray, lab: np.ndarray, lut: dict, alpha: float) -> np.ndarray:
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
+def _colour_table(lut: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``_colour_lut``'s dict as arrays indexed by label value: colours (max value + 1, 3)
+    float64 and which values have one (max value + 1,) bool."""
+    colours = np.zeros((max(lut, default=0) + 1, 3))
+    known = np.zeros(len(colours), dtype=bool)
     for v, colour in lut.items():
-        mask = lab == v
-        if mask.any():
-            rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colour)
+        colours[v], known[v] = colour, True
+    return colours, known
+
+
+def _overlay(gray: np.ndarray, lab: np.ndarray, table: tuple[np.ndarray, np.ndarray], alpha: float) -> np.ndarray:
+    """Grey tile (H, W) with the labels (H, W) blended in: (H, W, 3). ``table``: colour of each
+    value (``_colour_table``); other values stay grey. One lookup for all labels instead of a
+    comparison of the tile per label, with the same arithmetic per pixel."""
+    colours, known = table
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    index = np.where((lab > 0) & (lab < len(colours)), lab, 0)
+    mask = known[index]
+    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colours[index[mask]]
     return rgb
 
 
@@ -62,6 +89,7 @@ def save_qc_png(
     alpha: float = 0.45,
     title: str | None = None,
     slice_regions: list | None = None,
+    values=None,
 ) -> Path:
     """Write a montage PNG of ``image`` (X, Y, Z) with ``label_map`` (same grid) overlaid.
 
@@ -69,11 +97,11 @@ def save_qc_png(
     coronal slice through the labels' centre, and a legend naming every structure present.
     ``slice_regions``: the recognised region of each slice along the array axis nearest world z
     (:class:`muscle_pipeline.recognition.ScanRecognition.per_slice`), shown on each axial tile.
+    ``values``: the positive label values present in ``label_map``, when already known (as
+    from :func:`muscle_pipeline.quantify.measure_volumes`): saves a pass over the map.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     # Views only (no full-volume copies): a 512x512x1200 scan must not double in memory here.
@@ -88,11 +116,16 @@ def save_qc_png(
     def gray(index) -> np.ndarray:
         return np.clip((np.asarray(img[index], dtype=np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
 
+    # Two reductions of the label map are all the picture needs of the whole volume: which
+    # (x, y) columns and which z slices hold a label.
+    labelled_xy = lab.any(axis=2)
     labelled_z = np.flatnonzero(lab.any(axis=(0, 1)))
-    # Crop x/y to the body (and labels) so small anatomy fills the tiles.
-    body = (gray((slice(None), slice(None), slice(None, None, z_step))) > 0.15).any(axis=2)
+    # Crop x/y to the body (and labels) so small anatomy fills the tiles. (gray > 0.15 without
+    # gray's clip to [0, 1]: the same test, one pass less.)
+    sampled = np.asarray(img[:, :, ::z_step], dtype=np.float32)
+    body = ((sampled - lo) / max(hi - lo, 1e-6) > 0.15).any(axis=2)
     if labelled_z.size:
-        body |= lab[:, :, labelled_z].any(axis=2)
+        body |= labelled_xy
     xs = ys = slice(None)
     if body.any():
         (x0, y0), (x1, y1) = np.argwhere(body).min(0), np.argwhere(body).max(0)
@@ -100,12 +133,13 @@ def save_qc_png(
         xs = slice(max(0, x0 - mx), x1 + mx + 1)
         ys = slice(max(0, y0 - my), y1 + my + 1)
 
-    lab_values = np.unique(lab[:, :, labelled_z]) if labelled_z.size else np.zeros(1, lab.dtype)
-    values = lab_values[lab_values > 0]
+    values = _positive_values(label_map) if values is None else np.unique(np.asarray(values, dtype=np.int64))
+    values = values[values > 0]
     lut = _colour_lut(values)
+    table = _colour_table(lut)
     if values.size:
         z_slices = np.unique(np.linspace(labelled_z[0], labelled_z[-1], n_axial).round().astype(int))
-        y_any = np.flatnonzero(lab[xs, ys][:, :, labelled_z].any(axis=(0, 2)))
+        y_any = np.flatnonzero(labelled_xy[xs, ys].any(axis=0))
         y_centre = int(np.round(y_any.mean()))
     else:
         z_slices = np.unique(np.linspace(0, img.shape[2] - 1, n_axial).round().astype(int))
@@ -114,12 +148,14 @@ def save_qc_png(
 
     n_cols = 4
     n_rows = int(np.ceil(len(z_slices) / n_cols)) + 1
-    fig = plt.figure(figsize=(3.2 * n_cols, 3.2 * n_rows + 0.6), facecolor="black")
+    # a bare Figure on the Agg canvas: the same picture as pyplot's, without importing pyplot
+    fig = Figure(figsize=(3.2 * n_cols, 3.2 * n_rows + 0.6), facecolor="black")
+    FigureCanvasAgg(fig)
     for i, z in enumerate(z_slices):
         ax = fig.add_subplot(n_rows, n_cols, i + 1)
         # (X, Y) slice -> rows = y flipped (anterior up), cols = x flipped (subject's right on
         # the viewer's left: radiological convention).
-        rgb = _overlay(gray((xs, ys, z)), np.asarray(lab[:, :, z]), lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
+        rgb = _overlay(gray((xs, ys, z)), np.asarray(lab[:, :, z]), table, alpha).transpose(1, 0, 2)[::-1, ::-1]
         ax.imshow(rgb, aspect=spacing[1] / spacing[0], interpolation="nearest")
         region = region_at.get(int(z))
         ax.set_title(f"axial z={z}" + (f" · {region}" if region else ""), color="white", fontsize=8)
@@ -127,7 +163,7 @@ def save_qc_png(
         ax.text(0.93, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
         ax.axis("off")
     ax = fig.add_subplot(n_rows, 1, n_rows)
-    rgb = _overlay(gray((xs, (ys.start or 0) + y_centre, slice(None))), np.asarray(lab[:, y_centre, :]), lut, alpha).transpose(1, 0, 2)[::-1, ::-1]
+    rgb = _overlay(gray((xs, (ys.start or 0) + y_centre, slice(None))), np.asarray(lab[:, y_centre, :]), table, alpha).transpose(1, 0, 2)[::-1, ::-1]
     ax.imshow(rgb, aspect=spacing[2] / spacing[0], interpolation="nearest")
     ax.set_title(f"coronal y={y_centre}", color="white", fontsize=8)
     ax.text(0.01, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, weight="bold")
@@ -151,6 +187,6 @@ def save_qc_png(
     fig.subplots_adjust(left=0.01, right=0.99, top=0.95 if title else 0.97,
                         bottom=0.04 + 0.02 * int(np.ceil(len(handles) / 4)), wspace=0.04, hspace=0.12)
     path = Path(path)
-    fig.savefig(path, dpi=90, facecolor="black")
-    plt.close(fig)
+    # zlib level 3 instead of Pillow's 6: the same pixels, half the encoding time, ~5% larger
+    fig.savefig(path, dpi=90, facecolor="black", pil_kwargs={"compress_level": 3})
     return path

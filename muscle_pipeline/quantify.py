@@ -42,14 +42,45 @@ def superior_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(direction[2, :]) / np.linalg.norm(direction, axis=0)))
 
 
+def label_runs(label_map: np.ndarray) -> dict[int, np.ndarray]:
+    """Where each non-zero value of an integer label map (any shape; negative values count as
+    background) lies: {value: (R, 2) int64 runs [start, stop) of C-order flat indices}, in
+    increasing value. One pass in C (cc3d's run-length table, ``fastcc3d.runs``), several times
+    faster than a ``np.bincount`` of the map, and the runs hold every count, box and profile.
+    A map that is not C-contiguous is copied first (pass a Fortran-ordered map's ``.T``)."""
+    from cc3d import fastcc3d
+
+    array = np.ascontiguousarray(label_map)
+    if array.dtype.kind == "i":
+        if array.size and array.min() < 0:
+            array = np.clip(array, 0, None)
+        array = array.view(np.dtype(f"u{array.dtype.itemsize}"))
+    runs = fastcc3d.runs(array)
+    return {int(v): np.asarray(runs[v], dtype=np.int64).reshape(-1, 2) for v in sorted(runs) if v != 0}
+
+
+def _row_pieces(runs: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs (R, 2) of C-order flat indices cut at the ends of the last axis' lines: (line index
+    into shape[:-1] flattened, first and stop index along the last axis) of each piece."""
+    n = shape[-1]
+    start, stop = runs[:, 0], runs[:, 1]
+    first_line, last_line = start // n, (stop - 1) // n
+    pieces = last_line - first_line + 1
+    if np.all(pieces == 1):
+        return first_line, start - first_line * n, stop - first_line * n
+    run = np.repeat(np.arange(len(runs)), pieces)
+    line = first_line[run] + np.arange(len(run)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    lo = np.where(line == first_line[run], start[run] - line * n, 0)
+    hi = np.where(line == last_line[run], stop[run] - line * n, n)
+    return line, lo, hi
+
+
 def measure_volumes(label_map: np.ndarray, affine: np.ndarray) -> list[StructureVolume]:
     """Measure every non-zero label of ``label_map`` (X, Y, Z integer array on ``affine``'s grid).
 
     Volumes are in mL (voxel volume from the affine's column norms, mm³ / 1000). Values not in
     the ontology are reported with the name ``unknown_<value>``.
     """
-    from scipy import ndimage
-
     label_map = np.asarray(label_map)
     if label_map.dtype.kind not in "ui":
         label_map = label_map.round().astype(np.int64)
@@ -57,20 +88,33 @@ def measure_volumes(label_map: np.ndarray, affine: np.ndarray) -> list[Structure
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     si_axis = superior_axis(affine)
     n_si = label_map.shape[si_axis]
-    # one pass for every label's count and bounding box; each label is then measured inside its
-    # box only (a 512x512x400 CT with 70 labels took 38 s comparing the whole map per label)
-    flat = label_map.ravel()
-    counts_by_value = np.bincount(flat[flat > 0] if flat.dtype.kind == "i" else flat)
-    boxes = ndimage.find_objects(np.clip(label_map, 0, None) if label_map.dtype.kind == "i" else label_map)
+    # work on a C-ordered view: the map itself, or its transpose when it is Fortran-ordered
+    axes = list(range(label_map.ndim))
+    if not label_map.flags.c_contiguous and label_map.flags.f_contiguous:
+        label_map, axes = label_map.T, axes[::-1]
+    shape = label_map.shape
+    si = axes.index(si_axis)  # the superior axis among the view's axes
     out: list[StructureVolume] = []
-    for value in np.flatnonzero(counts_by_value).tolist():
-        if value == 0:
-            continue
-        count = int(counts_by_value[value])
-        box = boxes[value - 1]
-        idx = np.argwhere(label_map[box] == value) + np.array([b.start for b in box])
-        si = np.unique(idx[:, si_axis])
-        centroid = affine @ np.append(idx.mean(axis=0), 1.0)
+    # one pass for where every label lies (runs along the last axis), then each label's count,
+    # slices and centroid from its runs alone (a 512x512x400 CT with 70 labels took 38 s
+    # comparing the whole map per label, 3.4 s with a bincount and one box per label)
+    for value, runs in label_runs(label_map).items():
+        line, lo, hi = _row_pieces(runs, shape)
+        length = hi - lo
+        count = int(length.sum())
+        index = np.unravel_index(line, shape[:-1])
+        # exact integer sums of each axis' index over the voxels, so the mean is the float64
+        # mean of the index array the box method took
+        sums = [int((i * length).sum()) for i in index] + [int(((lo + hi - 1) * length).sum()) // 2]
+        if si == len(shape) - 1:
+            starts = np.bincount(lo, minlength=n_si + 1) - np.bincount(hi, minlength=n_si + 1)
+            covered = np.cumsum(starts)[:n_si] > 0
+        else:
+            covered = np.zeros(n_si, dtype=bool)
+            covered[index[si]] = True
+        mean = np.empty(len(shape), dtype=np.float64)
+        mean[axes] = np.array(sums, dtype=np.float64) / count  # back to the map's own axes
+        centroid = affine @ np.append(mean, 1.0)
         try:
             entry = ontology.label(int(value))
             name, side, region = entry.name, entry.side, entry.region
@@ -82,10 +126,10 @@ def measure_volumes(label_map: np.ndarray, affine: np.ndarray) -> list[Structure
                 name=name,
                 side=side,
                 region=region,
-                voxels=int(count),
+                voxels=count,
                 volume_ml=round(count * voxel_ml, 4),
-                touches_border=bool(si[0] == 0 or si[-1] == n_si - 1),
-                slices_with_label=int(si.size),
+                touches_border=bool(covered[0] or covered[-1]),
+                slices_with_label=int(np.count_nonzero(covered)),
                 centroid_ras_mm=tuple(round(float(c), 2) for c in centroid[:3]),
             )
         )

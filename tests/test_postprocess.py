@@ -162,3 +162,74 @@ def test_box_restricted_steps_match_whole_map_references(seed):
         mask = mask[tuple(slice(p, p + n) for (p, _), n in zip(pad, shape))]
         expected[mask & (expected == 0)] = value
     assert np.array_equal(closed, expected)
+
+
+@pytest.mark.parametrize("z_gap", [60, 61, 62, 63])
+def test_clean_label_map_known_answer_across_packed_words(z_gap):
+    """Issue 18 (bit-packed closing, multi-label components): a map whose cleaned form is
+    derived by hand. Along z (80 slices) the closing's packed rows span two 64-bit words; the
+    gap slices put it on and around the word boundary.
+
+    Label 1: a slab with a 4x4x4 cavity, a 1-slice gap (bridged along y = 9) and a stray
+    island; label 2: a block and a stray voxel. Closing with 1 mm on 1 mm voxels is a closing
+    with the 6-neighbour cross: a gap voxel is added where all its 6 neighbours touch the slab."""
+    labels = np.zeros((20, 20, 80), np.uint8)
+    labels[2:10, 2:10, 5:70] = 1
+    labels[4:8, 4:8, 20:24] = 0  # cavity: enclosed background
+    labels[2:10, 2:9, z_gap] = 0  # gap through the slab, except the row y = 9 (one component)
+    labels[15:17, 15:17, 75:77] = 1  # stray island of label 1
+    labels[12:18, 2:8, 10:40] = 2
+    labels[18, 18, 2] = 2  # stray voxel of label 2
+
+    expected = np.zeros_like(labels)
+    expected[2:10, 2:10, 5:70] = 1  # cavity filled (the closing fills its rim, the hole filling the rest)
+    expected[2:10, 2:9, z_gap] = 0
+    expected[3:9, 3:9, z_gap] = 1  # the gap closes except its rim on the open sides x = 2, 9, y = 2
+    expected[12:18, 2:8, 10:40] = 2  # strays gone
+
+    for layout in (labels, np.asfortranarray(labels)):
+        out = clean_label_map(layout, ISO, closing_mm=1.0)
+        assert np.array_equal(out, expected)
+    # each step on its own
+    largest = keep_largest_component(labels)
+    without_strays = labels.copy()
+    without_strays[15:17, 15:17, 75:77] = without_strays[18, 18, 2] = 0
+    assert np.array_equal(largest, without_strays)
+    no_closing = clean_label_map(labels, ISO, closing_mm=0)
+    assert np.all(no_closing[4:8, 4:8, 20:24] == 1)  # the cavity, filled by the hole filling alone
+    assert np.all(no_closing[2:10, 2:9, z_gap] == 0)  # the gap is open to the outside: no hole
+    closed = close_labels(largest, ISO, 1.0)
+    assert np.all(closed[3:9, 3:9, z_gap] == 1) and np.all(closed[2, 2:9, z_gap] == 0)
+
+
+def test_largest_component_ties_go_to_the_first_in_memory_order():
+    """Two equal islands: the one met first in C order stays (Fortran order for a Fortran map,
+    as cc3d reads it)."""
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[0, 0, 3] = 5  # C order (z fastest): flat index 3, before 5 * 36 + 5 * 6 = 210
+    labels[5, 5, 0] = 5  # Fortran order (x fastest): 5 + 5 * 6 = 35, before 3 * 36 = 108
+    c = keep_largest_component(labels)
+    assert c[0, 0, 3] == 5 and c[5, 5, 0] == 0
+    f = keep_largest_component(np.asfortranarray(labels))
+    assert f[0, 0, 3] == 0 and f[5, 5, 0] == 5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hole_filling_matches_ndimage_fill_holes(seed):
+    """Issue 18: the cavities filled per label are those of ``ndimage.binary_fill_holes`` of the
+    label's mask, except a cavity holding another label's voxel."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(12, 30, 3))
+    labels = (ndimage.gaussian_filter(rng.random(shape), 1.0) * 12).astype(np.uint8) % 3
+    labels[rng.random(shape) < 0.05] = 0
+    out = fill_label_holes(labels)
+    expected = labels.copy()
+    for value in (1, 2):
+        mask = labels == value
+        cavities, n = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+        for k in range(1, n + 1):
+            if not labels[cavities == k].any():
+                expected[cavities == k] = value
+    assert np.array_equal(out, expected)

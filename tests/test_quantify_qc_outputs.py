@@ -133,3 +133,50 @@ def test_volumes_from_label_boxes_equal_a_whole_map_count():
         assert v.touches_border == bool(slices[0] == 0 or slices[-1] == labels.shape[si] - 1)
         assert np.allclose(v.centroid_ras_mm, (affine @ np.append(idx.mean(0), 1.0))[:3], atol=0.01)
     assert [v.value for v in measure_volumes(labels, affine)] == sorted(set(np.unique(labels)) - {0})
+
+
+def test_volumes_from_runs_that_wrap_lines_and_fortran_maps():
+    """measure_volumes reads each label's runs along the last axis (C order): runs that wrap
+    from the end of one line onto the next, whole planes, Fortran-ordered maps and each axis as
+    the superior one give the figures of comparing the whole map with each value."""
+    labels = np.zeros((9, 7, 11), np.uint8)
+    labels[2:4] = 3  # whole planes: one run over many lines
+    labels[5, 1, 9:], labels[5, 2, :3] = 4, 4  # wraps from one line onto the next
+    labels[7, 6, 10], labels[8, 0, 0] = 4, 4  # ... and from one plane onto the next
+    labels[0, 0, 0], labels[8, 6, 10] = 9, 9  # the first and last voxel
+    for si in range(3):
+        affine = np.eye(4)
+        affine[:3, :3] = np.diag([0.7, 0.9, 1.1])[:, np.roll([0, 1, 2], si - 2)]  # world z along axis si
+        assert superior_axis(affine) == si
+        for layout in (labels, np.asfortranarray(labels), labels[::-1]):
+            volumes = measure_volumes(layout, affine)
+            assert [v.value for v in volumes] == [3, 4, 9]
+            for v in volumes:
+                idx = np.argwhere(layout == v.value)
+                slices = np.unique(idx[:, si])
+                assert v.voxels == len(idx) and v.slices_with_label == slices.size
+                assert v.touches_border == bool(slices[0] == 0 or slices[-1] == layout.shape[si] - 1)
+                assert v.centroid_ras_mm == tuple(round(float(c), 2) for c in (affine @ np.append(idx.mean(0), 1.0))[:3])
+
+
+def test_qc_overlay_is_the_per_label_blend(calf, tmp_path):
+    """The QC tile colours every label in one lookup: the same pixels as blending each label in
+    turn; and the picture is the same when the caller passes the values present."""
+    from PIL import Image
+
+    from muscle_pipeline.qc import _colour_lut, _colour_table, _overlay
+
+    img, lab, affine = calf
+    gray = np.random.default_rng(0).random(lab.shape[:2]).astype(np.float32)
+    tile = lab[:, :, lab.shape[2] // 2].copy()
+    tile[0, :3] = [200, 0, 13]  # a value without an entry stays grey
+    lut = _colour_lut(np.unique(lab[lab > 0]))
+    expected = np.repeat(gray[..., None], 3, axis=-1)
+    for v, colour in lut.items():
+        mask = tile == v
+        expected[mask] = (1 - 0.45) * expected[mask] + 0.45 * np.asarray(colour)
+    assert np.array_equal(_overlay(gray, tile, _colour_table(lut), 0.45), expected)
+
+    a = save_qc_png(img, lab, affine, tmp_path / "a.png")
+    b = save_qc_png(img, lab, affine, tmp_path / "b.png", values=sorted(CALF_COUNTS))
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
