@@ -8,7 +8,8 @@ returning plausible-looking garbage:
   (CT air is about −1000 HU; no MR image goes that negative);
 * **region per slice** — foot / leg / knee / thigh / hip / none (no lower limb), by the bone and
   cross-section rules of :func:`muscle_pipeline.transforms.region.recognize_region`, voting with
-  at most :data:`MAX_SLICES` evenly spaced slices (a 400-slice CT is known from 64);
+  at most :data:`MAX_SLICES` evenly spaced slices (a 400-slice CT is known from 64; its body and
+  legs are found on those slices alone);
 * **legs** — two legs (left and right, by the header's world x) or one.
 
 The result goes into ``report.json`` (``recognition``), onto the QC picture, and is printed by
@@ -81,16 +82,19 @@ def recognize_modality(image: MetaTensor, dicom_modality: str | None = None) -> 
     return "MR", f"intensities (1st percentile {low:.0f}, no HU air)"
 
 
-def recognize_scan(image: MetaTensor, dicom_modality: str | None = None, max_slices: int = MAX_SLICES) -> ScanRecognition:
+def recognize_scan(image: MetaTensor, dicom_modality: str | None = None, max_slices: int = MAX_SLICES,
+                   full_resolution: bool = False) -> ScanRecognition:
     """Recognise one scan ((X, Y, Z) or (1, X, Y, Z) MetaTensor with a voxel→RAS affine).
 
     ``dicom_modality``: the case's DICOM Modality tag (None for NIfTI & co.; then the meta key
-    ``modality`` written by the reader is used if set)."""
+    ``modality`` written by the reader is used if set). ``full_resolution``: find the body and
+    the legs on the whole volume instead of on the voting slices' copy (see
+    :func:`~muscle_pipeline.transforms.region.recognize_region`; slower, kept for comparison)."""
     from muscle_pipeline.segmentation import channel_first
 
     img = channel_first(image)
     modality, source = recognize_modality(img, dicom_modality or image.meta.get("modality"))
-    result = recognize_region(img, max_slices=max_slices)
+    result = recognize_region(img, max_slices=max_slices, full_resolution=full_resolution)
     counts = result.present
     limb_total = sum(n for r, n in counts.items() if r != NOT_LOWER_LIMB)
     regions = {r: n for r, n in counts.items()

@@ -22,8 +22,8 @@ from monai.data import MetaTensor
 
 from muscle_pipeline.errors import UnsupportedImageError
 from muscle_pipeline.profiling import stage as profiled
-from muscle_pipeline.transforms.legs import LEG_META_KEY, leg_axes, segment_per_leg, split_legs, voxel_spacing
-from muscle_pipeline.transforms.region import recognize_side
+from muscle_pipeline.transforms.legs import LEG_META_KEY, leg_axes, segment_per_leg, split_legs
+from muscle_pipeline.transforms.region import recognize_side, voting_copy
 
 
 SIDE_CHECK_SLICES = 32  # evenly spaced slices voting on each leg's side: enough votes, bounded cost
@@ -31,36 +31,21 @@ SIDE_CHECK_MM = 1.5  # in-plane grid of the side check: region.slice_features' o
 
 
 def _side_check_copy(crop, max_slices: int = SIDE_CHECK_SLICES) -> MetaTensor:
-    """What the side check measures, as a small copy of a leg crop: the ``max_slices`` evenly
-    spaced slices it votes with (the ones ``region.slice_features`` picks), block-averaged in-plane
-    to about ``SIDE_CHECK_MM`` (the blocks ``slice_features`` would average), with the crop's leg
-    record (split boundary, joined slices) mapped onto that grid. The check's body mask and
-    ownership are then computed on that copy, not on the whole full-resolution crop."""
+    """What the side check measures, as a small copy of a leg crop (``region.voting_copy``): the
+    ``max_slices`` evenly spaced slices it votes with (the ones ``region.slice_features`` picks),
+    block-averaged in-plane to about ``SIDE_CHECK_MM`` (the blocks ``slice_features`` would
+    average), with the crop's leg record (split boundary, joined slices) mapped onto that grid.
+    The check's body mask and ownership are then computed on that copy, not on the whole
+    full-resolution crop."""
     image = crop.image
     info = image.meta.get(LEG_META_KEY)
     if not isinstance(info, dict):
         return image
-    affine = np.asarray(image.affine, dtype=float)
-    axes = leg_axes(affine)
-    spacing = voxel_spacing(affine)
-    factor = max(1, int(SIDE_CHECK_MM // float(np.sqrt(spacing[axes.lr] * spacing[axes.ap]))))
-    n_si = image.shape[1 + axes.si]
-    ks = np.arange(n_si)
-    if max_slices and n_si > max_slices:
-        ks = np.unique(np.linspace(0, n_si - 1, int(max_slices)).round().astype(int))
-    if factor == 1 and ks.size == n_si:
+    copy, ks, factor = voting_copy(image, max_slices, SIDE_CHECK_MM)
+    if copy is image:
         return image
-    factors = np.array([1 if ax == axes.si else factor for ax in range(3)])
-    array = image[0].detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
-    array = np.take(array, ks, axis=axes.si)
-    keep = [(n // f) * f for n, f in zip(array.shape, factors)]  # whole blocks, as slice_features trims
-    coarse = array[: keep[0], : keep[1], : keep[2]].astype(np.float32, copy=False).reshape(
-        [d for n, f in zip(keep, factors) for d in (n // f, f)]).mean(axis=(1, 3, 5))
-    grid = np.diag([*factors.astype(float), 1.0])
-    grid[:3, 3] = (factors - 1) / 2.0  # a block's centre
-    if ks.size > 1:  # the kept slices, evenly spaced on average
-        grid[axes.si, axes.si] = (ks[-1] - ks[0]) / (ks.size - 1)
-    shape = list(coarse.shape)
+    axes = leg_axes(np.asarray(image.affine, dtype=float))
+    shape = list(copy.shape[1:])
     leg = dict(info, roi_start=[0, 0, 0], roi_end=shape,
                # a crop of a (virtual) larger grid, so that the check takes it for one leg's crop
                spatial_shape=[n + (0 if ax == axes.si else 1) for ax, n in enumerate(shape)])
@@ -73,9 +58,8 @@ def _side_check_copy(crop, max_slices: int = SIDE_CHECK_SLICES) -> MetaTensor:
         start = float(info["roi_start"][int(info["lr_axis"])])
         boundary = np.asarray(info["boundary"], float)[si_start + ks]
         leg["boundary"] = ((boundary - start - (factor - 1) / 2.0) / factor).tolist()
-    meta = {k: v for k, v in image.meta.items() if k not in ("affine", LEG_META_KEY)}
-    meta[LEG_META_KEY] = leg
-    return MetaTensor(torch.as_tensor(coarse)[None], affine=torch.as_tensor(affine @ grid), meta=meta)
+    copy.meta[LEG_META_KEY] = leg
+    return copy
 
 
 def _check_side(crop, warnings: list[str]) -> str | None:

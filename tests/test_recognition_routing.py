@@ -18,7 +18,8 @@ from muscle_pipeline.errors import CaseRejected, ModelError
 from muscle_pipeline.io import discover, read_image
 from muscle_pipeline.qc import _regions_on_ras_z
 from muscle_pipeline.quantify import StructureVolume, implausible_volumes
-from muscle_pipeline.recognition import recognize_scan
+from muscle_pipeline.recognition import MAX_SLICES, recognize_scan
+from muscle_pipeline.transforms.legs import leg_axes
 
 LUMBAR_MR = "musclemap/lumbar_mr_labeled/image.nii.gz"
 ABDOMEN_MR = "totalsegmentator/mr_upper_abdomen/example_mr_sm.nii.gz"
@@ -27,6 +28,7 @@ PELVIS_CT = "totalsegmentator/ct_abdomen_pelvis/example_ct.nii.gz"
 THIGHS = "qmritools/thigh_calf_unlabeled/test_up.nii.gz"
 CALVES = "qmritools/thigh_calf_unlabeled/test_low.nii.gz"
 FAT = "qmritools/thigh_calf_unlabeled/dixon_fat.nii.gz"
+CALF_DIXON3D = "swastling_musclemap/calf_dixon3d_unlabeled/0026-dix3d_TR23_448m_fa05_345.nii.gz"
 
 
 @lru_cache(maxsize=None)
@@ -169,3 +171,34 @@ def test_qc_regions_follow_world_z_whatever_the_array_order():
     affine = np.diag([1.0, 1.0, -1.0, 1.0])  # array z runs inferior: RAS z index is reversed
     assert _regions_on_ras_z(["leg", None, "thigh"], affine) == {2: "leg", 0: "thigh"}
     assert _regions_on_ras_z(["leg", None, "thigh"], np.eye(4)) == {0: "leg", 2: "thigh"}
+
+
+def _slices_first_and_reversed(image):
+    """The same scan with its superior-inferior axis first and reversed (new index (i, j, k) is
+    old (j, k, n - 1 - i)): another array layout, the same anatomy."""
+    import torch
+    from monai.data import MetaTensor
+
+    n = image.shape[2]
+    to_old = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [-1, 0, 0, n - 1], [0, 0, 0, 1]], float)
+    array = torch.flip(image.as_tensor().permute(2, 0, 1), dims=(0,)).contiguous()
+    return MetaTensor(array, affine=torch.as_tensor(np.asarray(image.affine, float) @ to_old))
+
+
+@pytest.mark.parametrize("rel,layout", [
+    (PELVIS_CT, "as read"), (PELVIS_CT, "slices first, reversed"), (CALF_DIXON3D, "as read"),
+], ids=["pelvis_ct", "pelvis_ct_relaid", "calf_dixon3d"])
+def test_recognition_on_the_voting_slices_equals_the_whole_volume(shared_data, rel, layout):
+    """Issue 18: recognize_scan finds the body and the legs on the slices that vote only (64 of the
+    pelvis CT's 112, of the 3D Dixon's 96), not on the whole volume: the same recognition, slice
+    by slice, whatever the array layout."""
+    (case,) = discover([str(shared_data / rel)])
+    image = read_image(case)
+    if layout != "as read":
+        image = _slices_first_and_reversed(image)
+    fast = recognize_scan(image, dicom_modality=case.modality)
+    assert fast == recognize_scan(image, dicom_modality=case.modality, full_resolution=True)
+    n_slices = image.shape[leg_axes(image.affine).si]
+    assert n_slices > MAX_SLICES and len(fast.per_slice) == n_slices
+    assert 0.5 * MAX_SLICES < sum(v is not None for v in fast.per_slice) <= MAX_SLICES
+    assert fast.lower_limb and len(fast.legs) == 2

@@ -11,8 +11,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
 from tools.phantoms import make_phantom
-from muscle_pipeline.transforms.legs import MirrorToRight, split_legs
-from muscle_pipeline.transforms.region import REGIONS, recognize_region, recognize_side
+from muscle_pipeline.transforms.legs import MirrorToRight, leg_axes, split_legs
+from muscle_pipeline.transforms.region import REGIONS, recognize_region, recognize_side, voting_copy, voting_slices
 
 torch.set_num_threads(2)
 STATIONS = [f"qmritools/wholeleg_stations_unlabeled/Join_{i}.nii.gz" for i in range(1, 8)]
@@ -130,3 +130,28 @@ def test_single_leg_side_and_a_wrong_hint_is_flagged(shared_data):
     with pytest.warns(UserWarning, match="disagrees with anatomy"):
         wrong = recognize_side(image, header_side="left")
     assert wrong.side == "left" and wrong.anatomical == "right" and wrong.agree is False
+
+
+def test_voting_copy_keeps_the_voting_slices_where_they_are():
+    """Issue 18: a voting copy holds the slices that vote, block-averaged in-plane; its affine puts
+    each block at its voxels' centre with the axis directions kept (left stays left), and each
+    kept slice within one slice of where it was (the copy's spacing along z is their mean)."""
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=(1, 50, 100, 41)).astype(np.float32)
+    # array axis 0 runs to the subject's left (-x), 1 superior (z, 100 slices), 2 anterior (y)
+    affine = np.array([[-0.5, 0, 0, 10.0], [0, 0, 0.5, -20.0], [0, 2.0, 0, 5.0], [0, 0, 0, 1]])
+    image = MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine))
+    copy, ks, factor = voting_copy(image, 16)
+    assert factor == 3 and np.array_equal(ks, voting_slices(100, 16)) and ks.size == 16
+    assert copy.shape == (1, 16, 16, 13)  # whole 1.5 mm blocks only
+    assert leg_axes(copy.affine) == leg_axes(affine)
+    i, k, j = 4, 7, 11
+    block = array[0, 3 * i:3 * i + 3, ks[k], 3 * j:3 * j + 3]
+    assert float(copy[0, i, k, j]) == pytest.approx(float(block.mean()), abs=1e-6)
+    where = np.asarray(copy.affine, float) @ [i, k, j, 1]
+    centre = np.mean([affine @ [3 * i + a, ks[k], 3 * j + b, 1] for a in range(3) for b in range(3)], axis=0)
+    assert np.allclose(where[:2], centre[:2]) and abs(where[2] - centre[2]) <= 2.0
+    # nothing to reduce: the image itself; the in-plane grid kept on request
+    assert voting_copy(image, None, working_mm=None)[0] is image
+    kept = voting_copy(image, 16, working_mm=None)[0]
+    assert kept.shape == (1, 50, 16, 41) and np.array_equal(kept[0].numpy(), array[0][:, ks])

@@ -160,12 +160,17 @@ def body_mask(
     arr = _spatial_array(image)
     affine = _require_affine(image) if affine is None else np.asarray(_to_numpy(affine), dtype=float)
     mask, factors = _working_body_mask(arr, affine, threshold, closing_mm, min_component_fraction, working_mm)
-    if any(f > 1 for f in factors):
-        full_shape = arr.shape
-        for ax, f in enumerate(factors):
-            mask = np.repeat(mask, f, axis=ax)
-        return np.ascontiguousarray(mask[: full_shape[0], : full_shape[1], : full_shape[2]])
-    return mask
+    return expand_blocks(mask, factors, arr.shape)
+
+
+def expand_blocks(mask: np.ndarray, factors, shape) -> np.ndarray:
+    """A mask on a grid of ``factors``-voxel blocks back on the full grid of ``shape`` (each block
+    repeated; the last block of an axis may be partial)."""
+    if all(f == 1 for f in factors):
+        return mask
+    for ax, f in enumerate(factors):
+        mask = np.repeat(mask, f, axis=ax)
+    return np.ascontiguousarray(mask[: shape[0], : shape[1], : shape[2]])
 
 
 def _working_body_mask(arr, affine, threshold, closing_mm=5.0, min_component_fraction=0.1, working_mm=2.0):
@@ -502,6 +507,34 @@ class LegCrop:
         return tuple(slice(s, e) for s, e in zip(self.info["roi_start"], self.info["roi_end"]))
 
 
+def split_on_working_grid(arr: np.ndarray, affine, threshold: float | None = None,
+                          n_legs: int | None = None) -> tuple[np.ndarray, np.ndarray, LegSplit]:
+    """:func:`find_split` of :func:`body_mask` without a full-resolution mask: the split is found
+    on the body mask's working grid (in-plane blocks of ~2 mm) expanded back along left-right only
+    (where the cut lies), its rows weighted along anterior-posterior by the full voxels they stand
+    for (``ap_weights``), which gives the full-resolution mask's split.
+
+    ``arr``: (X, Y, Z) intensities. Returns ``(mask, factors, split)``: the body mask on the full
+    grid along left-right and superior-inferior and in blocks of ``factors[ap]`` voxels along
+    anterior-posterior (``factors``: 1 along the other two; :func:`expand_blocks` gives the
+    full-resolution mask), and the split (boundaries in full-grid left-right indices)."""
+    affine = np.asarray(_to_numpy(affine), dtype=float)
+    shape = tuple(arr.shape)
+    coarse, factors = _working_body_mask(arr, affine, threshold)
+    axes = leg_axes(affine)
+    if factors[axes.lr] > 1:
+        coarse = np.repeat(coarse, factors[axes.lr], axis=axes.lr)[
+            tuple(slice(0, shape[ax]) if ax == axes.lr else slice(None) for ax in range(3))]
+    factors = np.asarray(factors)
+    factors[axes.lr] = 1
+    f_ap = int(factors[axes.ap])
+    ap_weights = np.minimum(f_ap, shape[axes.ap] - np.arange(coarse.shape[axes.ap]) * f_ap)
+    coarse_affine = affine.copy()
+    coarse_affine[:3, axes.ap] *= f_ap
+    coarse_affine[:3, 3] += affine[:3, axes.ap] * (f_ap - 1) / 2.0  # a block's centre
+    return coarse, factors, find_split(coarse, coarse_affine, n_legs=n_legs, ap_weights=ap_weights)
+
+
 def plan_legs(
     image,
     margin_mm: float = 10.0,
@@ -526,21 +559,7 @@ def plan_legs(
     # The split is planned on the body mask's own working grid (in-plane blocks of ~2 mm), never
     # on a full-resolution copy of it; the boundaries, boxes, volumes and centroids are still those
     # of the full-resolution mask (see find_split's ap_weights and _owned_extent).
-    coarse, factors = _working_body_mask(arr, affine, threshold)
-    axes = leg_axes(affine)
-    # back to full resolution along left-right only (where the cut lies); along anterior-posterior
-    # each block row is weighted by the full voxels it stands for
-    if factors[axes.lr] > 1:
-        coarse = np.repeat(coarse, factors[axes.lr], axis=axes.lr)[
-            tuple(slice(0, shape[ax]) if ax == axes.lr else slice(None) for ax in range(3))]
-    factors = np.asarray(factors)
-    factors[axes.lr] = 1
-    f_ap = int(factors[axes.ap])
-    ap_weights = np.minimum(f_ap, shape[axes.ap] - np.arange(coarse.shape[axes.ap]) * f_ap)
-    coarse_affine = affine.copy()
-    coarse_affine[:3, axes.ap] *= f_ap
-    coarse_affine[:3, 3] += affine[:3, axes.ap] * (f_ap - 1) / 2.0  # a block's centre
-    split = find_split(coarse, coarse_affine, n_legs=n_legs, ap_weights=ap_weights)
+    coarse, factors, split = split_on_working_grid(arr, affine, threshold, n_legs)
     boundary = split.boundary
     spacing = voxel_spacing(affine)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0

@@ -59,14 +59,16 @@ from skimage.morphology import convex_hull_image, disk
 from muscle_pipeline.transforms.legs import (
     LEG_META_KEY,
     body_mask,
-    find_split,
+    expand_blocks,
     leg_axes,
     owned_mask,
+    split_on_working_grid,
     voxel_spacing,
 )
 
 REGIONS = ("foot", "leg", "knee", "thigh", "hip")  # inferior → superior
 NOT_LOWER_LIMB = "none"  # a slice (or scan) with no lower limb in it: trunk, abdomen, lumbar spine
+WORKING_MM = 1.5  # in-plane grid (mm) of the slice features: bones and outlines need no finer one
 
 RULES = {
     "min_leg_area_cm2": 20.0,  # smaller cross-sections (toes, a scan's edge) do not vote
@@ -157,7 +159,20 @@ class SideResult:
 
 # --------------------------------------------------------------------------------------------
 def _is_ct(array: np.ndarray) -> bool:
-    # air in CT is about -1000 HU; MR intensities are not negative to that degree
+    """``np.percentile(array, 1) < -500``: air in CT is about -1000 HU; MR intensities are not
+    negative to that degree. Decided by counting the voxels below -500 (one pass, no sorted copy:
+    the percentile took 1.3 s on a 512x512x400 CT); the percentile itself only when the 1 %
+    position lies at that count."""
+    array = np.asarray(array)
+    n = array.size
+    if n == 0 or (array.dtype.kind == "f" and np.isnan(array.min())):
+        return False  # the percentile of an array with NaN is NaN
+    below = int(np.count_nonzero(array < -500.0))
+    position = int(np.floor(0.01 * (n - 1)))  # np.percentile interpolates sorted[position], [position + 1]
+    if below >= position + 3:  # both interpolated values are below -500 (a margin of one for rounding)
+        return True
+    if below <= position - 1:  # both are at or above -500
+        return False
     return float(np.percentile(array, 1)) < -500.0
 
 
@@ -203,29 +218,37 @@ def _bones_in_slice(image2d: np.ndarray, leg2d: np.ndarray, pixel_mm: float, ct:
 
 
 def _leg_parts(image: MetaTensor):
-    """Yield (canonical leg mask (lr, ap, si), canonical image, axes, joined per slice)."""
+    """(canonical image (lr, ap, si), legs): ``legs`` yields (canonical leg mask (lr, ap, si), joined
+    per slice) per leg."""
     affine = np.asarray(image.affine, dtype=float)
     axes = leg_axes(affine)
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    array = (array[0] if array.ndim == 4 else array).astype(np.float32)
-    mask = body_mask(image, affine)
+    array = (array[0] if array.ndim == 4 else array).astype(np.float32, copy=False)
     info = image.meta.get(LEG_META_KEY) if isinstance(image, MetaTensor) else None
     canon = (axes.lr, axes.ap, axes.si)
-    if info is not None and list(info["spatial_shape"]) != list(array.shape):
-        # a crop from SplitLegs: one leg, only the voxels it owns
-        own = owned_mask(info)
-        si_range = slice(info["roi_start"][axes.si], info["roi_end"][axes.si])
-        joined = np.asarray(info.get("joined") or [False] * info["spatial_shape"][axes.si], bool)[si_range]
-        yield np.transpose(mask & own, canon), np.transpose(array, canon), axes, joined
-        return
-    split = find_split(mask, affine)
-    parts = ["all"] if split.n_legs == 1 else ["low", "high"]
-    for part in parts:
-        part_info = {"part": part, "lr_axis": axes.lr, "si_axis": axes.si, "spatial_shape": list(mask.shape),
-                     "roi_start": [0, 0, 0], "roi_end": list(mask.shape),
-                     "boundary": None if split.boundary is None else split.boundary.tolist()}
-        own = owned_mask(part_info, full=True)
-        yield np.transpose(mask & own, canon), np.transpose(array, canon), axes, split.joined
+
+    def legs():
+        if info is not None and list(info["spatial_shape"]) != list(array.shape):
+            # a crop from SplitLegs: one leg, only the voxels it owns
+            mask = body_mask(image, affine)
+            own = owned_mask(info)
+            si_range = slice(info["roi_start"][axes.si], info["roi_end"][axes.si])
+            joined = np.asarray(info.get("joined") or [False] * info["spatial_shape"][axes.si], bool)[si_range]
+            yield np.transpose(mask & own, canon), joined
+            return
+        # the split of the full-resolution body mask, found on the mask's working grid (not on
+        # 512x512 slices); the mask itself is needed at full resolution for the block means
+        mask, factors, split = split_on_working_grid(array, affine)
+        mask = expand_blocks(mask, factors, array.shape)
+        parts = ["all"] if split.n_legs == 1 else ["low", "high"]
+        for part in parts:
+            part_info = {"part": part, "lr_axis": axes.lr, "si_axis": axes.si, "spatial_shape": list(mask.shape),
+                         "roi_start": [0, 0, 0], "roi_end": list(mask.shape),
+                         "boundary": None if split.boundary is None else split.boundary.tolist()}
+            own = owned_mask(part_info, full=True)
+            yield np.transpose(mask & own, canon), split.joined
+
+    return np.transpose(array, canon), legs()
 
 
 def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
@@ -235,31 +258,97 @@ def _block_mean(array: np.ndarray, factor: int) -> np.ndarray:
     return trimmed.reshape(nx // factor, factor, ny // factor, factor, -1).mean(axis=(1, 3))
 
 
-def slice_features(image: MetaTensor, working_mm: float = 1.5, max_slices: int | None = None) -> list[list[SliceFeatures]]:
+def _voting_stack(array: np.ndarray, ks: np.ndarray, factor: int) -> np.ndarray:
+    """Slices ``ks`` of an (lr, ap, si) array, block-averaged in-plane by ``factor`` (whole blocks
+    only; a boolean mask keeps the blocks at least half inside), as a (slice, lr', ap') stack with
+    each slice contiguous: each is read a dozen times."""
+    if ks.size < array.shape[2]:
+        array = array[:, :, ks]
+    if factor > 1 and array.dtype == bool:
+        array = _block_mean(array.astype(np.float32), factor) >= 0.5
+    elif factor > 1:
+        array = _block_mean(array, factor)
+    return np.ascontiguousarray(np.moveaxis(array, 2, 0))
+
+
+def _pixel_mm(affine: np.ndarray) -> float:
+    """Mean in-plane pixel size (mm) of the axial plane."""
+    axes, spacing = leg_axes(affine), voxel_spacing(affine)
+    return float(np.sqrt(spacing[axes.lr] * spacing[axes.ap]))
+
+
+def working_factor(affine, working_mm: float = WORKING_MM) -> int:
+    """In-plane block size (pixels per side) of the grid of about ``working_mm`` that
+    :func:`slice_features` measures on: the most whole pixels that fit in ``working_mm``."""
+    return max(1, int(working_mm // _pixel_mm(np.asarray(affine, dtype=float))))
+
+
+def voting_slices(n_slices: int, max_slices: int | None) -> np.ndarray:
+    """Indices of the at most ``max_slices`` evenly spaced slices (of ``n_slices`` along the axis
+    closest to world z) that vote; all of them when ``max_slices`` is None or not smaller."""
+    if not max_slices or n_slices <= max_slices:
+        return np.arange(n_slices)
+    return np.unique(np.linspace(0, n_slices - 1, int(max_slices)).round().astype(int))
+
+
+def voting_copy(image: MetaTensor, max_slices: int | None,
+                working_mm: float | None = WORKING_MM) -> tuple[MetaTensor, np.ndarray, int]:
+    """What :func:`slice_features` measures, as a small copy of a channel-first ``(C, X, Y, Z)``
+    image: its :func:`voting_slices` along the axis closest to world z, block-averaged in-plane to
+    the ``working_mm`` grid (whole blocks only, as ``slice_features`` trims; first channel;
+    ``working_mm=None``: the in-plane grid kept).
+
+    Returns ``(copy (1, X', Y', Z'), ks, factor)``: ``ks`` the original index of each slice of the
+    copy, ``factor`` the in-plane block size. The copy's affine maps its voxels to the blocks'
+    centres (axis order and directions kept, so left and right stay where they are; along z the
+    kept slices' mean spacing). The copy carries no leg record (``meta['leg']``): a caller that
+    copies a leg crop maps that itself. Returns ``image`` itself when nothing would change."""
+    affine = np.asarray(image.affine, dtype=float)
+    axes = leg_axes(affine)
+    factor = 1 if working_mm is None else working_factor(affine, working_mm)
+    n_si = image.shape[1 + axes.si]
+    ks = voting_slices(n_si, max_slices)
+    if factor == 1 and ks.size == n_si:
+        return image, ks, factor
+    factors = np.array([1 if ax == axes.si else factor for ax in range(3)])
+    array = (image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image))[0]
+    coarse = np.take(array, ks, axis=axes.si).astype(np.float32, copy=False)
+    if factor > 1:
+        keep = [(n // f) * f for n, f in zip(coarse.shape, factors)]  # whole blocks, as slice_features trims
+        coarse = coarse[: keep[0], : keep[1], : keep[2]].reshape(
+            [d for n, f in zip(keep, factors) for d in (n // f, f)]).mean(axis=(1, 3, 5))
+    grid = np.diag([*factors.astype(float), 1.0])
+    grid[:3, 3] = (factors - 1) / 2.0  # a block's centre
+    if ks.size > 1:  # the kept slices, evenly spaced on average
+        grid[axes.si, axes.si] = (ks[-1] - ks[0]) / (ks.size - 1)
+    meta = {k: v for k, v in image.meta.items() if k not in ("affine", LEG_META_KEY)}
+    return MetaTensor(torch.as_tensor(coarse)[None], affine=torch.as_tensor(affine @ grid), meta=meta), ks, factor
+
+
+def slice_features(image: MetaTensor, working_mm: float = WORKING_MM, max_slices: int | None = None,
+                   ct: bool | None = None) -> list[list[SliceFeatures]]:
     """Per leg (left/right or one), the cross-section features of every axial slice with body.
 
     In-plane coordinates (``centroid``) are on a grid coarsened to about ``working_mm``.
     ``max_slices``: look at most at that many evenly spaced slices (a 96-slice 3D Dixon needs
-    no more than ~32 to vote on a side; each slice's bone search costs ~25 ms).
+    no more than ~32 to vote on a side; each slice's bone search costs ~25 ms). ``ct``:
+    intensities are HU (None: decided from this image's intensities).
     """
     affine = np.asarray(image.affine, dtype=float)
-    spacing = voxel_spacing(affine)
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    ct = _is_ct(array)
+    ct = _is_ct(array) if ct is None else ct
+    # bones and outlines need no sub-millimetre grid: blocks of ~working_mm (4x fewer pixels at 0.7 mm)
+    factor = working_factor(affine, working_mm)
+    pixel_mm = _pixel_mm(affine) * factor
+    values, leg_masks = _leg_parts(image)
+    ks = voting_slices(values.shape[2], max_slices)
+    values = _voting_stack(values, ks, factor)  # the legs of a scan share it
     legs = []
-    for leg_mask, values, axes, joined in _leg_parts(image):
-        pixel_mm = float(np.sqrt(spacing[axes.lr] * spacing[axes.ap]))
-        factor = max(1, int(working_mm // pixel_mm))
-        if factor > 1:  # bones and outlines need no sub-millimetre grid; 4x fewer pixels
-            leg_mask = _block_mean(leg_mask.astype(np.float32), factor) >= 0.5
-            values = _block_mean(values, factor)
-            pixel_mm *= factor
+    for leg_mask, joined in leg_masks:
+        leg_mask = _voting_stack(leg_mask, ks, factor)
         features = []
-        n_slices = leg_mask.shape[2]
-        ks = range(n_slices) if not max_slices or n_slices <= max_slices else \
-            np.unique(np.linspace(0, n_slices - 1, int(max_slices)).round().astype(int))
-        for k in ks:
-            leg2d = leg_mask[:, :, k]
+        for i, k in enumerate(ks):
+            leg2d = leg_mask[i]
             if not leg2d.any():
                 continue
             lab, n = ndi.label(leg2d)
@@ -271,17 +360,18 @@ def slice_features(image: MetaTensor, working_mm: float = 1.5, max_slices: int |
             if area_cm2 < RULES["min_leg_area_cm2"]:
                 continue
             # work on the leg's bounding box (plus a rim): the slice may be mostly air
-            (x0, y0), (x1, y1) = np.argwhere(leg2d).min(axis=0), np.argwhere(leg2d).max(axis=0)
+            inside = np.argwhere(leg2d)
+            (x0, y0), (x1, y1) = inside.min(axis=0), inside.max(axis=0)
             box = (slice(max(x0 - 3, 0), x1 + 4), slice(max(y0 - 3, 0), y1 + 4))
             offset = np.array([box[0].start, box[1].start], dtype=float)
             leg_box = leg2d[box]
             props = regionprops(leg_box.astype(np.uint8))[0]
             elongation = props.axis_major_length / max(props.axis_minor_length, 1.0)
-            bones = _bones_in_slice(values[:, :, k][box], leg_box, pixel_mm, ct)
+            bones = _bones_in_slice(values[i][box], leg_box, pixel_mm, ct)
             for bone in bones:
                 bone.centroid = bone.centroid + offset
             features.append(SliceFeatures(
-                index=k, area_cm2=float(area_cm2), elongation=float(elongation),
+                index=int(k), area_cm2=float(area_cm2), elongation=float(elongation),
                 centroid=np.asarray(props.centroid) + offset,
                 radius_mm=float(np.sqrt(leg2d.sum() / np.pi) * pixel_mm), bones=bones, joined=bool(joined[k]),
             ))
@@ -314,23 +404,35 @@ def classify_slice(f: SliceFeatures, ct: bool = False) -> str | None:
     return "thigh" if principal.depth_ratio >= RULES["thigh_depth_ratio"] else "leg"
 
 
-def recognize_region(image: MetaTensor, max_slices: int | None = None) -> RegionResult:
+def recognize_region(image: MetaTensor, max_slices: int | None = None, full_resolution: bool = False) -> RegionResult:
     """Hip, thigh, knee, leg (lower leg), foot or none (no lower limb) for a channel-first
     MetaTensor ``(C, X, Y, Z)``: a bilateral scan, a single leg, or a crop from
     :class:`~muscle_pipeline.transforms.legs.SplitLegs`. ``per_slice`` runs along the array axis
     closest to world z, in array order. ``max_slices``: vote with at most that many evenly
-    spaced slices (the others stay None): a 400-slice CT needs no more than ~64 to be known."""
+    spaced slices (the others stay None): a 400-slice CT needs no more than ~64 to be known.
+
+    A whole scan is measured on its voting slices only (:func:`voting_copy`): its body mask and
+    leg split are found on those slices, not on the whole volume (a 512x512x400 CT: 64 of 400
+    slices). The copy keeps the in-plane grid, so that the body mask stays on its own ~2 mm working
+    grid: block-averaged to the 1.5 mm feature grid first, the mask came out on another grid (2 %
+    smaller cross-sections on that CT, and a borderline slice voted differently).
+    ``full_resolution=True`` measures on the whole volume. A leg crop (``meta['leg']``) is always
+    measured on itself: its leg record (split boundary, joined slices) is on its own grid."""
     axes = leg_axes(image.affine)
     n_slices = image.shape[1 + axes.si]
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    ct = _is_ct(array)
+    ct = _is_ct(array)  # from all the scan's intensities, as on the full-resolution path
+    measured, ks = image, np.arange(n_slices)
+    if not full_resolution and LEG_META_KEY not in image.meta:
+        measured, ks, _ = voting_copy(image, max_slices, working_mm=None)
+        max_slices = None  # the copy holds only the voting slices
     per_slice_votes: list[list[str]] = [[] for _ in range(n_slices)]
-    legs = slice_features(image, max_slices=max_slices)
+    legs = slice_features(measured, max_slices=max_slices, ct=ct)
     for leg in legs:
         for f in leg:
             vote = classify_slice(f, ct=ct)
             if vote is not None:
-                per_slice_votes[f.index].append(vote)
+                per_slice_votes[ks[f.index]].append(vote)
     if not ct and _looks_like_trunk(image, legs, per_slice_votes):
         per_slice_votes = [[NOT_LOWER_LIMB if v == "hip" else v for v in votes] for votes in per_slice_votes]
     votes = Counter(v for slice_votes in per_slice_votes for v in slice_votes)
