@@ -2,6 +2,7 @@
 before and after moving them onto coarse grids / per-label boxes, on the same machine.
 
 Usage:
+    .venv/bin/python benchmarks/bench_whole_volume.py process [--repeats 3] [--old /path/to/old/checkout]
     .venv/bin/python benchmarks/bench_whole_volume.py run --label before [--repeats 3] [--cases ...]
     .venv/bin/python benchmarks/bench_whole_volume.py run --label after  [--repeats 3]
     .venv/bin/python benchmarks/bench_whole_volume.py compare [--before before --label after]  # table + Dice
@@ -21,6 +22,15 @@ Each case runs in a fresh process at 2 threads: read + ``segment_image`` ``repea
 stage timed by ``muscle_pipeline.profiling`` (writing the output folder is not part of this).
 Cases: a synthetic 512x512x400 CT hip phantom (``bench_segment.py`` writes it once), the real pelvis
 CT of TotalSegmentator's example (hip_ct) and two real calf scans of qMRITools (calf_mri).
+
+``process`` times what a user waits for: the whole ``muscle-pipeline segment CASE --model ... -o OUT``
+command (Python start-up, imports, loading 36 networks, recognition, the job, every output file)
+under ``/usr/bin/time`` (wall seconds, max RSS), ``repeats`` times per case, on the issue's two
+targets through lower_limb_35 (the 7 joined stations, the 512^2 CT) and the real calf. With
+``--old DIR`` the same commands run from an old checkout's ``muscle_pipeline`` (``PYTHONPATH``),
+alternating with the current code, so both see the same machine load; the old code gets the
+bundle configs of its own revision (``runs/ll35_bundle_old``). Results:
+``benchmarks/results/bench_whole_process.{md,json}``.
 """
 from __future__ import annotations
 
@@ -204,9 +214,79 @@ def compare(before_label: str = "before", after_label: str = "after", output: Pa
     return 0
 
 
+PROCESS_CASES = {"ll35_whole_leg": WHOLE_LEG, "ll35_ct_512x512x400": CASES["ll35_ct_512x512x400"][1],
+                 "ll35_test_low": CASES["ll35_test_low"][1]}
+
+
+def time_process(source: Path, bundle: Path, pythonpath: str | None, threads: int) -> dict:
+    """One ``muscle-pipeline segment`` command: wall seconds and max RSS (``/usr/bin/time``) and the
+    case's own timings from its report.json."""
+    import tempfile
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    with tempfile.TemporaryDirectory() as out:
+        cmd = ["/usr/bin/time", "-f", "TIME %e %M", sys.executable, "-m", "muscle_pipeline", "segment", str(source),
+               "--model", str(bundle), "--force", "--quiet", "-o", out]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out)
+        line = [x for x in done.stderr.splitlines() if x.startswith("TIME ")][-1].split()
+        reports = list(Path(out).glob("*/report.json"))
+        report = json.loads(reports[0].read_text()) if reports else {}
+    return {"wall_s": float(line[1]), "max_rss_mb": int(line[2]) / 1024, "returncode": done.returncode,
+            "status": report.get("status"), "timings_s": report.get("timings_s", {}),
+            "precision": report.get("precision", "fp32")}
+
+
+def process(repeats: int, threads: int, old: str | None, cases: list[str]) -> int:
+    from bench_segment import ensure_synthetic_ct, machine
+
+    ensure_whole_leg()
+    ensure_synthetic_ct(PROCESS_CASES["ll35_ct_512x512x400"])
+    codes = {"current": (None, REPO / "runs" / "ll35_bundle")}
+    if old:
+        old_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=old, capture_output=True,
+                                 text=True).stdout.strip()
+        codes[f"old ({old_rev})"] = (old, REPO / "runs" / "ll35_bundle_old")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    report = {"machine": machine(), "threads": threads, "repeats": repeats, "commit": commit, "cases": {}}
+    for name in cases:
+        runs = {label: [] for label in codes}
+        for _ in range(repeats):
+            for label, (pythonpath, bundle) in codes.items():  # alternating: the same load for both
+                runs[label].append(time_process(PROCESS_CASES[name], bundle, pythonpath, threads))
+                print(name, label, {k: v for k, v in runs[label][-1].items() if k != "timings_s"}, flush=True)
+        report["cases"][name] = runs
+    report["load_average_at_end"] = list(os.getloadavg())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_whole_process.json").write_text(json.dumps(report, indent=1, default=str))
+    lines = ["# Whole process: `muscle-pipeline segment CASE --model lower_limb_35-with-atlas-weights -o OUT` "
+             "(benchmarks/bench_whole_volume.py process)", "",
+             f"* {report['machine']}; {threads} threads; {repeats} runs per code, alternating; commit {commit}; "
+             f"load average at end {report['load_average_at_end']}",
+             "* lower_limb_35 with the weights of runs/ll35_v01 (trained from the atlas here, not shipped: speed "
+             "does not depend on their quality, the boxes they find do). Wall = everything a user waits for: "
+             "start-up and imports, loading 36 networks, recognition, the job, all outputs.", "",
+             "| case | code | precision | wall s (median) | runs | max RSS MB | the case's own timings (median, s) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, runs in report["cases"].items():
+        for label, rs in runs.items():
+            keys = sorted({k for r in rs for k in r["timings_s"]})
+            med = {k: statistics.median(r["timings_s"].get(k, 0.0) for r in rs) for k in keys}
+            walls = [r["wall_s"] for r in rs]
+            lines.append(f"| {name} | {label} | {rs[0]['precision']} | **{statistics.median(walls):.1f}** | "
+                         f"{', '.join(f'{w:.1f}' for w in walls)} | {max(r['max_rss_mb'] for r in rs):.0f} | "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in med.items()) + " |")
+    (RESULTS / "bench_whole_process.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "compare", "one"])
+    parser.add_argument("command", choices=["run", "compare", "one", "process"])
+    parser.add_argument("--old", default=None, help="process: an old checkout to time side by side")
     parser.add_argument("--label", default="after")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -217,6 +297,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "compare":
         return compare(args.before, args.label, args.output)
+    if args.command == "process":
+        names = [c for c in args.cases.split(",") if c in PROCESS_CASES] or list(PROCESS_CASES)
+        return process(args.repeats, args.threads, args.old, names)
     if args.command == "one":
         print(json.dumps(run_case(args.case, args.label, args.threads, args.repeats)))
         return 0
