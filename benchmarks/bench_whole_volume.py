@@ -29,8 +29,10 @@ under ``/usr/bin/time`` (wall seconds, max RSS), ``repeats`` times per case, on 
 targets through lower_limb_35 (the 7 joined stations, the 512^2 CT) and the real calf. With
 ``--old DIR`` the same commands run from an old checkout's ``muscle_pipeline`` (``PYTHONPATH``),
 alternating with the current code, so both see the same machine load; the old code gets the
-bundle configs of its own revision (``runs/ll35_bundle_old``). Results:
-``benchmarks/results/bench_whole_process.{md,json}``.
+bundle configs of its own revision (``runs/ll35_bundle_old``). On the calf test_low, calf_mri and
+nnU-Net v2's 2d predictor with its default mirroring TTA (``.venv-nnunet``, a model trained by
+``nnunet_baseline.py``) are timed the same way, whole process each. Results:
+``benchmarks/results/bench_whole_process.{md,json}`` (``--process-output`` renames them).
 """
 from __future__ import annotations
 
@@ -239,7 +241,25 @@ def time_process(source: Path, bundle: Path, pythonpath: str | None, threads: in
             "precision": report.get("precision", "fp32")}
 
 
-def process(repeats: int, threads: int, old: str | None, cases: list[str]) -> int:
+def time_nnunet_process(source: Path, threads: int) -> dict:
+    """nnU-Net v2's 2d predictor with its default mirroring TTA, the whole process (Python start-up,
+    imports, model load, read, predict, export) under ``/usr/bin/time``, as for ours."""
+    import tempfile
+
+    import nnunet_baseline
+
+    model = nnunet_baseline.model_folder()
+    with tempfile.TemporaryDirectory() as out:
+        cmd = ["/usr/bin/time", "-f", "TIME %e %M", str(nnunet_baseline.VENV / "bin" / "python"), "-c",
+               nnunet_baseline.PREDICT_SCRIPT, str(model), str(source), str(Path(out) / "pred"), "1", str(threads)]
+        done = subprocess.run(cmd, env=nnunet_baseline.environment(threads), capture_output=True, text=True)
+    line = [x for x in done.stderr.splitlines() if x.startswith("TIME ")][-1].split()
+    return {"wall_s": float(line[1]), "max_rss_mb": int(line[2]) / 1024, "returncode": done.returncode,
+            "status": "complete" if done.returncode == 0 else "failed", "timings_s": {}, "precision": "fp32",
+            "model": model.name}
+
+
+def process(repeats: int, threads: int, old: str | None, cases: list[str], output: str = "bench_whole_process") -> int:
     from bench_segment import ensure_synthetic_ct, machine
 
     ensure_whole_leg()
@@ -252,15 +272,23 @@ def process(repeats: int, threads: int, old: str | None, cases: list[str]) -> in
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {"machine": machine(), "threads": threads, "repeats": repeats, "commit": commit, "cases": {}}
     for name in cases:
-        runs = {label: [] for label in codes}
+        case_codes = dict(codes)
+        if name == "ll35_test_low":  # the calf race: our calf model and nnU-Net 2d, whole process each
+            case_codes["calf_mri (current)"] = (None, "calf_mri")
+            if (nnunet_venv := REPO / ".venv-nnunet" / "bin" / "python").is_file():
+                case_codes["nnU-Net v2 2d, mirroring TTA"] = ("nnunet", None)
+        runs = {label: [] for label in case_codes}
         for _ in range(repeats):
-            for label, (pythonpath, bundle) in codes.items():  # alternating: the same load for both
-                runs[label].append(time_process(PROCESS_CASES[name], bundle, pythonpath, threads))
+            for label, (pythonpath, bundle) in case_codes.items():  # alternating: the same load for all
+                if pythonpath == "nnunet":
+                    runs[label].append(time_nnunet_process(PROCESS_CASES[name], threads))
+                else:
+                    runs[label].append(time_process(PROCESS_CASES[name], bundle, pythonpath, threads))
                 print(name, label, {k: v for k, v in runs[label][-1].items() if k != "timings_s"}, flush=True)
         report["cases"][name] = runs
     report["load_average_at_end"] = list(os.getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_whole_process.json").write_text(json.dumps(report, indent=1, default=str))
+    (RESULTS / f"{output}.json").write_text(json.dumps(report, indent=1, default=str))
     lines = ["# Whole process: `muscle-pipeline segment CASE --model lower_limb_35-with-atlas-weights -o OUT` "
              "(benchmarks/bench_whole_volume.py process)", "",
              f"* {report['machine']}; {threads} threads; {repeats} runs per code, alternating; commit {commit}; "
@@ -278,7 +306,7 @@ def process(repeats: int, threads: int, old: str | None, cases: list[str]) -> in
             lines.append(f"| {name} | {label} | {rs[0]['precision']} | **{statistics.median(walls):.1f}** | "
                          f"{', '.join(f'{w:.1f}' for w in walls)} | {max(r['max_rss_mb'] for r in rs):.0f} | "
                          + ", ".join(f"{k} {v:.2f}" for k, v in med.items()) + " |")
-    (RESULTS / "bench_whole_process.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{output}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
@@ -287,6 +315,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "compare", "one", "process"])
     parser.add_argument("--old", default=None, help="process: an old checkout to time side by side")
+    parser.add_argument("--process-output", default="bench_whole_process", help="process: result file name")
     parser.add_argument("--label", default="after")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -299,7 +328,7 @@ def main(argv=None) -> int:
         return compare(args.before, args.label, args.output)
     if args.command == "process":
         names = [c for c in args.cases.split(",") if c in PROCESS_CASES] or list(PROCESS_CASES)
-        return process(args.repeats, args.threads, args.old, names)
+        return process(args.repeats, args.threads, args.old, names, args.process_output)
     if args.command == "one":
         print(json.dumps(run_case(args.case, args.label, args.threads, args.repeats)))
         return 0
