@@ -1,6 +1,7 @@
 """Stage profiling: seconds and peak memory per stage, accumulated over repeated stages."""
 from __future__ import annotations
 
+import mmap
 import time
 
 import numpy as np
@@ -23,11 +24,15 @@ def test_profile_records_seconds_calls_and_the_memory_peak_of_each_stage():
     assert before > 0 and peak_rss_mb() >= before - 2  # the kernel updates its maximum lazily (page granularity)
     with StageProfile(interval_s=0.001) as profile:
         with stage("allocate"):
-            block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+            # 64 MB of fresh pages, touched: an anonymous mmap, because after other tests malloc
+            # may serve even 64 MB from heap pages that are already resident (RSS would not move)
+            block = mmap.mmap(-1, 64 * 2**20)
+            view = np.frombuffer(block, np.uint8)
+            view[:] = 1
             time.sleep(0.02)
-        # freed after the stage closed: the stage's closing sample sees the block for sure (the
-        # background sampler alone missed it once in a full suite run)
-        del block
+        # freed after the stage closed: the stage's closing sample sees the block for sure
+        del view
+        block.close()
         for _ in range(3):
             with stage("sleep"):
                 time.sleep(0.01)
