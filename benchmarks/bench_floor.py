@@ -73,14 +73,12 @@ def run_case(bundle: str, image_path: Path, precision: str) -> dict:
 
     from muscle_pipeline.cascade.model import load_cascade
     from muscle_pipeline.io import read_image
-    from muscle_pipeline.profiling import StageProfile
+    from muscle_pipeline.profiling import StageProfile, stage
     from muscle_pipeline.segmentation import segment_image
 
     model = load_cascade(bundle, precision=precision)
     segment_image(read_image(image_path), model)  # warm-up (oneDNN kernels per shape)
     with StageProfile() as profile:
-        from muscle_pipeline.profiling import stage
-
         with stage("read"):
             image = read_image(image_path)
         t = time.perf_counter()

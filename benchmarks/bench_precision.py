@@ -84,16 +84,6 @@ def network_micro(repeats: int = 5) -> dict:
     return {"seconds": out, "bf16_argmax_agreement_random_input": agree}
 
 
-def dice_per_value(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    values = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
-    out = {}
-    for v in values:
-        x, y = a == v, b == v
-        denom = int(x.sum()) + int(y.sum())
-        out[int(v)] = 2.0 * int((x & y).sum()) / denom if denom else 1.0
-    return out
-
-
 def reference_dice(labels: np.ndarray, image, reference: Path, reference_map: str, scope) -> float:
     """Mean Dice of ``labels`` against the reference through the evaluation module (its mapping,
     iliacus + psoas as iliopsoas, only the structures the reference labels)."""
@@ -132,7 +122,9 @@ def run_case(name: str, repeats: int) -> dict:
             network_seconds[precision].append(sum(profile.stages.get(s, {}).get("seconds", 0.0)
                                                   for s in ("stage1", "stage2")))
             labels[precision] = result.labels.numpy()
-    dice = dice_per_value(labels["fp32"], labels["bf16"])
+    from bench_whole_volume import dice_per_structure
+
+    dice = dice_per_structure(labels["fp32"], labels["bf16"])
     out = {
         "bundle": Path(bundle).name, "image": str(image_path), "shape": list(labels["fp32"].shape),
         "seconds_fp32": statistics.median(seconds["fp32"]), "seconds_bf16": statistics.median(seconds["bf16"]),

@@ -13,9 +13,11 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["PRECISIONS", "native_bf16", "resolve_precision", "autocast"]
+__all__ = ["PRECISIONS", "PRECISION_NAMES", "native_bf16", "resolve_precision", "autocast"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# autocast dtype (resolve_precision's answer) → the name reports give it
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @lru_cache(maxsize=None)

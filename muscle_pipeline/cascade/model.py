@@ -18,7 +18,7 @@ from monai.transforms import Orientation, SpatialResample, Spacing
 
 from .. import labels as ontology
 from ..bundle import bundle_path, read_bundle_config
-from ..precision import resolve_precision
+from ..precision import PRECISION_NAMES, resolve_precision
 from ..profiling import stage
 from .boxes import BoxPriors, WorldBox
 from .fuse import fuse_local_probabilities
@@ -229,8 +229,7 @@ def build_cascade(structures, modality: str, stage1_spacing, stage2_spacing, sta
     model = CascadeModel(structures, modality, localizer, refiner, stage1_spacing, stage2_spacing, intensity,
                          bias_correction, threshold=fusion_threshold, postprocess=postprocess, closing_mm=closing_mm,
                          memory_budget_mb=memory_budget_mb)
-    model.precision = "fp32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch.").replace(
-        "bfloat16", "bf16").replace("float16", "fp16")  # what runs, for report.json
+    model.precision = PRECISION_NAMES[autocast_dtype]  # what runs, for report.json
     return model
 
 
