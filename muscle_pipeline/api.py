@@ -20,13 +20,16 @@ from muscle_pipeline import labels as ontology
 from muscle_pipeline.batch import BatchReport, CaseResult, parse_shard, run_batch
 from muscle_pipeline import routing
 from muscle_pipeline.errors import CaseRejected, ModelError, NoCasesFoundError
-from muscle_pipeline.io import discover, ordered_series_files, read_image, write_label_map
-from muscle_pipeline.outputs import REPORT_NAME, write_json
+from muscle_pipeline.io.discover import discover
+from muscle_pipeline.io.write import write_label_map
+from muscle_pipeline.outputs import REPORT_NAME, prepare_output_dir, write_json
 from muscle_pipeline.profiling import stage as profiled
 from muscle_pipeline.qc import save_qc_png
-from muscle_pipeline.recognition import recognize_scan
 from muscle_pipeline.quantify import implausible_volumes, measure_volumes, write_volumes_csv
-from muscle_pipeline.segmentation import segment_image
+
+# Reading, recognition and segmentation need torch and MONAI (~3 s to import on a 2-core CPU):
+# they are imported where they are used, after the inputs, the model name and the output folder
+# have been checked, so that a wrong argument is reported at once.
 
 MODELS = ("auto", "calf_mri", "hip_ct", "thigh_ct_25d", "lower_limb_35")
 
@@ -68,6 +71,8 @@ def segment_case_to_folder(case, image, folder: Path, stage, model, model_name: 
     hash; ``warnings``: found before segmenting (reading, routing). ``report.json`` is written last
     with ``status: complete``; the caller publishes the folder.
     """
+    from muscle_pipeline.segmentation import segment_image
+
     t_start = time.perf_counter()
     result = segment_image(image, model, side=side, stage=stage)
     result.warnings[:0] = list(warnings or [])
@@ -103,6 +108,7 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
     warnings += implausible_volumes(volumes)
     if dicom_seg and case.format == "dicom":
         from muscle_pipeline.io.dicom_seg import write_dicom_seg
+        from muscle_pipeline.io.read import ordered_series_files
 
         write_dicom_seg(label_array, affine, ordered_series_files(case), folder / "segmentation.dcm", notes=warnings)
     return {
@@ -163,6 +169,11 @@ def segment(
         raise NoCasesFoundError(first, "no readable scan found" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     models = ModelPicker(model, device=device, memory_budget_mb=memory_budget_mb, force=force, precision=precision)
+    prepare_output_dir(output_dir)  # a folder that cannot be written fails the job before any model loads
+    models.load_named()  # a named model is loaded before any case: a broken bundle fails the job at once
+
+    from muscle_pipeline.io.read import read_image
+    from muscle_pipeline.recognition import recognize_scan
 
     def process(case, image, folder, stage):
         stage("recognise")
@@ -178,8 +189,9 @@ def segment(
 
 class ModelPicker:
     """The model for each case: ``"auto"`` routes by the case's recognition, a name or a path is
-    checked against it (:mod:`muscle_pipeline.routing`). Models are loaded once, on first use, and
-    a named model is loaded before any case so that a missing bundle fails the job at once."""
+    checked against it (:mod:`muscle_pipeline.routing`). A name is resolved when the picker is
+    made (a model that does not exist fails at once, before torch is imported); models are loaded
+    once, on first use, or all at once by :meth:`load_named`."""
 
     def __init__(self, model: str | Path = "auto", device: str = "cpu", memory_budget_mb: float | None = None,
                  force: bool = False, precision: str | None = None):
@@ -187,6 +199,9 @@ class ModelPicker:
         self.precision = precision
         self._loaded: dict[Path, tuple] = {}
         self.fixed = None if str(model) == routing.AUTO else routing.resolve_bundle(model)
+
+    def load_named(self) -> None:
+        """Load the named model now (``auto`` loads each model on the first case it fits)."""
         if self.fixed is not None:
             self._load(self.fixed)
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from muscle_pipeline.transforms.region import NOT_LOWER_LIMB, REGIONS, recognize_region
+from muscle_pipeline.regions import NOT_LOWER_LIMB, REGION_WORDS, REGIONS
+from muscle_pipeline.transforms.region import recognize_region
 
 MAX_SLICES = 64
 # a region counts as present when it holds at least this many voting slices and this share of
@@ -31,8 +32,6 @@ MAX_SLICES = 64
 MIN_REGION_SLICES = 2
 MIN_REGION_SHARE = 0.1
 
-REGION_WORDS = {"foot": "feet", "leg": "calves", "knee": "knees", "thigh": "thighs",
-                "hip": "hips/pelvis", NOT_LOWER_LIMB: "no lower limb"}
 
 
 @dataclass

@@ -25,9 +25,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from muscle_pipeline.errors import CaseRejected, ModelError
-from muscle_pipeline.recognition import REGION_WORDS, ScanRecognition
+from muscle_pipeline.regions import REGION_WORDS
+
+if TYPE_CHECKING:  # recognition needs torch and MONAI; resolving a model name must not
+    from muscle_pipeline.recognition import ScanRecognition
 
 AUTO = "auto"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -3,16 +3,29 @@
     discover(paths, skipped=None) -> list[Case]
     read_image(case_or_path, volume_index=None) -> MetaTensor   # (X, Y, Z) float32, RAS+ affine
     write_label_map(labels, reference, path) -> Path             # NIfTI on the reference grid
+
+Discovery needs only pydicom; reading and writing need torch and MONAI, so they are imported on
+first use: a job whose inputs are missing or unreadable says so at once.
 """
 from muscle_pipeline.io.discover import Case, SkippedFile, discover, image_format
-from muscle_pipeline.io.read import (
-    DicomSeriesITKReader,
-    ordered_series_files,
-    orientation_code,
-    read_image,
-    voxel_spacing,
-)
-from muscle_pipeline.io.write import write_label_map
+
+_LAZY = {
+    "DicomSeriesITKReader": "muscle_pipeline.io.read",
+    "ordered_series_files": "muscle_pipeline.io.read",
+    "orientation_code": "muscle_pipeline.io.read",
+    "read_image": "muscle_pipeline.io.read",
+    "voxel_spacing": "muscle_pipeline.io.read",
+    "write_label_map": "muscle_pipeline.io.write",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'muscle_pipeline.io' has no attribute {name!r}")
+
 
 __all__ = [
     "Case",

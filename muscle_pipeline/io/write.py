@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -28,7 +27,7 @@ def write_label_map(labels, reference, path: str | Path) -> Path:
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise ValueError(f"{path}: a label map is written as NIfTI; name it *.nii.gz (or *.nii)")
-    values = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    values = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)  # a tensor
     affine = np.asarray(reference.affine, dtype=np.float64)
     grid = tuple(int(n) for n in reference.shape[-3:])
     if values.ndim == 4 and values.shape[0] == 1:

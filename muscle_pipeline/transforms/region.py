@@ -56,6 +56,7 @@ from skimage.measure import label as label_components
 from skimage.measure import regionprops
 from skimage.morphology import convex_hull_image, disk
 
+from muscle_pipeline.regions import NOT_LOWER_LIMB, REGIONS
 from muscle_pipeline.transforms.legs import (
     LEG_META_KEY,
     body_mask,
@@ -66,8 +67,6 @@ from muscle_pipeline.transforms.legs import (
     voxel_spacing,
 )
 
-REGIONS = ("foot", "leg", "knee", "thigh", "hip")  # inferior → superior
-NOT_LOWER_LIMB = "none"  # a slice (or scan) with no lower limb in it: trunk, abdomen, lumbar spine
 WORKING_MM = 1.5  # in-plane grid (mm) of the slice features: bones and outlines need no finer one
 
 RULES = {
