@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-import torch
 from monai.data import MetaTensor
 
 from muscle_pipeline.regions import NOT_LOWER_LIMB, REGION_WORDS, REGIONS
+from muscle_pipeline.transforms.intensity import HOUNSFIELD_AIR_HU, low_percentile
 from muscle_pipeline.transforms.region import recognize_region
 
 MAX_SLICES = 64
@@ -73,10 +72,8 @@ def recognize_modality(image: MetaTensor, dicom_modality: str | None = None) -> 
     tag = (dicom_modality or "").strip().upper()
     if tag:
         return tag, "DICOM Modality tag"
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    sample = array.reshape(-1)[:: max(1, array.size // 2_000_000)]  # 1st percentile of a subsample
-    low = float(np.percentile(sample, 1)) if sample.size else 0.0
-    if low < -500.0:
+    low = low_percentile(image)
+    if low < HOUNSFIELD_AIR_HU:  # the rule of transforms.intensity.has_hounsfield_air
         return "CT", f"intensities (1st percentile {low:.0f}, air in HU)"
     return "MR", f"intensities (1st percentile {low:.0f}, no HU air)"
 

@@ -127,3 +127,34 @@ def test_presets_instantiate_from_a_bundle_config():
     image = MetaTensor(torch.tensor([-100.0, 250.0]).reshape(1, 2, 1, 1))
     assert torch.allclose(window({"image": image})["image"].flatten(), torch.tensor([0.0, 1.0]))
     assert config.get_parsed_content("mr").normalizer.lower == 1.0
+
+
+def test_one_hounsfield_air_rule_for_recognition_regions_and_n4():
+    """CT is told from MR by one rule (1st percentile below -500): modality recognition, region
+    recognition's HU thresholds and N4's skip_ct ask the same function, so a scan cannot be
+    'MR' in report.json while its bones were searched with HU thresholds."""
+    from muscle_pipeline.recognition import recognize_modality
+    from muscle_pipeline.transforms.intensity import HOUNSFIELD_AIR_HU, has_hounsfield_air, low_percentile
+
+    rng = np.random.default_rng(0)
+    body = rng.normal(40.0, 20.0, size=(40, 40, 20)).astype(np.float32)  # muscle-like HU
+    ct = body.copy()
+    ct[:6] = -1000.0  # 15 % air around the body
+    mr = np.abs(body) * 10  # MR magnitudes: never negative
+    slightly_negative = body - 60.0  # a shifted MR (or a CT without air): well above -500
+    assert has_hounsfield_air(ct) and not has_hounsfield_air(mr) and not has_hounsfield_air(slightly_negative)
+    # the threshold decides, not the absolute air value: 2 % of voxels at -600 is CT, 0.5 % is not
+    edge = body.copy()
+    edge.reshape(-1)[: int(0.02 * edge.size)] = HOUNSFIELD_AIR_HU - 100
+    few = body.copy()
+    few.reshape(-1)[: int(0.005 * few.size)] = -1000.0
+    assert has_hounsfield_air(edge) and not has_hounsfield_air(few)
+    # undecidable images are not CT
+    nan = ct.copy()
+    nan[0, 0, 0] = np.nan
+    assert not has_hounsfield_air(nan) and not has_hounsfield_air(np.zeros((0, 3, 3)))
+    # recognition uses the same rule and quotes the value it used
+    for array, expected in ((ct, "CT"), (mr, "MR"), (edge, "CT"), (few, "MR")):
+        modality, how = recognize_modality(MetaTensor(torch.from_numpy(array)))
+        assert modality == expected and f"{low_percentile(array):.0f}" in how
+    assert recognize_modality(MetaTensor(torch.from_numpy(ct)), dicom_modality="MR") == ("MR", "DICOM Modality tag")

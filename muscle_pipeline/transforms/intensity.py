@@ -28,7 +28,9 @@ __all__ = [
     "CT_BONE_WINDOW_HU",
     "CT_SOFT_TISSUE_WINDOW_HU",
     "otsu_body_mask",
+    "HOUNSFIELD_AIR_HU",
     "has_hounsfield_air",
+    "low_percentile",
     "CTWindow",
     "CTWindowd",
     "MRNormalize",
@@ -52,13 +54,25 @@ CT_BONE_WINDOW_HU = (-500.0, 1300.0)
 CT_SOFT_TISSUE_WINDOW_HU = (-160.0, 240.0)
 
 
-def has_hounsfield_air(image: NdarrayOrTensor, max_samples: int = 2_000_000) -> bool:
-    """Whether an image's intensities are CT Hounsfield units: its 1st percentile is below -500
-    (air is about -1000 HU; MR intensities are not negative to that degree). Any shape; at most
-    ``max_samples`` evenly strided voxels are looked at (~30 ms for a 512x512x400 CT)."""
+# Air is about -1000 HU in CT; MR intensities are never this negative. The one rule that tells CT
+# from MR by intensities alone: recognition (the modality in report.json), region recognition (HU
+# bone thresholds) and N4 (skipped on CT) all ask :func:`has_hounsfield_air`, so they cannot disagree.
+HOUNSFIELD_AIR_HU = -500.0
+
+
+def low_percentile(image: NdarrayOrTensor, max_samples: int = 2_000_000) -> float:
+    """1st percentile of an image's intensities (any shape), from at most ``max_samples`` evenly
+    strided voxels (~30 ms for a 512x512x400 CT); NaN for an empty image or a sampled NaN."""
     array = convert_to_numpy(image).reshape(-1)
-    sample = array[:: max(1, array.size // max_samples)]
-    return bool(sample.size) and float(np.percentile(sample, 1)) < -500.0
+    if not array.size:
+        return float("nan")
+    return float(np.percentile(array[:: max(1, array.size // max_samples)], 1))
+
+
+def has_hounsfield_air(image: NdarrayOrTensor, max_samples: int = 2_000_000) -> bool:
+    """Whether an image's intensities are CT Hounsfield units: its 1st percentile
+    (:func:`low_percentile`) is below :data:`HOUNSFIELD_AIR_HU` (-500)."""
+    return low_percentile(image, max_samples) < HOUNSFIELD_AIR_HU
 
 
 def _slice_axis(affine: np.ndarray | None) -> int:
