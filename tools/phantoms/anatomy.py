@@ -395,6 +395,10 @@ class SideAnatomy:
             self.bones.append(_Bone(bone.name, cortex, marrow, parts, bone.carve))
 
         self.muscles = []  # (entry, tube)
+        # what was drawn per labelled muscle (side-less name -> in-plane size factor, shift of
+        # the centre (u, v) mm, z range in region mm, None = unbounded); the phantom's info
+        # records it per leg so that tests can compare the two sides with what made them differ
+        self.variation: dict[str, dict] = {}
         for m in spec.muscles:
             unlabelled = m.name.startswith("_")
             # per-side variation: size, position, and where the muscle starts and ends
@@ -409,6 +413,8 @@ class SideAnatomy:
                 tissue = "viscera" if m.name == "_viscera" else "muscle"
                 entry = registry.add(Entry(m.name.lstrip("_"), 0, tissue))
             else:
+                self.variation[m.name] = {"size": size, "shift_mm": [float(du), float(dv)],
+                                          "z_range_mm": [float(z) if np.isfinite(z) else None for z in z_range]}
                 name = f"{m.name}_{side}"
                 wanted = m.name in labelled or name in labelled
                 entry = registry.add(Entry(name, ontology.value_of(name) if wanted else 0, "muscle", side, m.name))

@@ -126,9 +126,13 @@ def make_phantom(region: str = "thigh", modality: str = "mr", shape=(128, 128, 6
     info keys: region, modality, seed, shape, spacing, orientation, affine, rotation_deg,
     rotation_matrix, center_mm, midline, legs (per side: side, label_offset, femur_axis /
     tibia_axis unit vectors pointing superior + a point on them, femoral_head_center_mm for
-    the hip), subject (random subject parameters), label_voxels (name -> count), muscles
-    (labelled side-less names), tissue_values, units, bias, noise, legs_touching, septum_mm,
-    muscles_requested, z_mid.
+    the hip, muscle_variation: every modelled side-less muscle name -> what was drawn for it
+    on this side: ``size`` the in-plane scale of its cross-section (0.9-1.1, the area goes with
+    its square), ``shift_mm`` of its centre (u lateral, v anterior), ``z_range_mm`` where it
+    starts and ends in region z, None = unbounded), subject (random subject parameters),
+    label_voxels (name -> count), muscles (labelled side-less names), tissue_values, units,
+    bias, noise, legs_touching, septum_mm, muscles_requested, z_mid (region z at the FOV
+    centre).
     """
     _check_region(region)
     if modality not in MODALITIES:
@@ -260,6 +264,7 @@ def _info(region, modality, seed, grid, spec, sides, subject, counts, registry, 
             leg["femoral_head_center_mm"] = _point_world(grid, side, head, extra["z_mid"])
         if spec.leg_center is not None:
             leg["tilt_deg"] = [float(t) for t in subject[f"tilt_{side}"]]
+        leg["muscle_variation"] = {name: dict(v) for name, v in anat.variation.items()}
         legs[side] = leg
     midline_normal = grid.rotation @ np.array([1.0, 0.0, 0.0])  # points to the subject's right
     return {
