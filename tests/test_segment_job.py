@@ -114,24 +114,40 @@ def test_sigkill_mid_batch_then_rerun_finishes_every_case(tmp_path):
     inp, out = _cohort(tmp_path, 4), tmp_path / "out"
     job = _job(inp, out)
     deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None:
-        if out.is_dir() and len(_complete(out)) >= 1:
-            break
+    # kill the job as soon as its first case is finished
+    while not (out.is_dir() and _complete(out)):
+        assert job.poll() is None, "the job ended before it could be killed: " + job.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no case finished within 240 s"
         time.sleep(0.05)
-    assert job.poll() is None, "the job ended before it could be killed: " + job.stderr.read().decode()[-2000:]
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
-    done_at_kill = _complete(out)
-    # killed mid-batch: some cases finished (each visible folder whole, checked by _complete),
-    # not all, so the rerun has work left and must redo the interrupted case
-    assert 1 <= len(done_at_kill) < 4, done_at_kill
+    cases = [f"subject{i:02d}" for i in range(4)]
+    done_at_kill = _complete(out)  # each visible folder whole, checked by _complete
+    # killed mid-batch, so the rerun has work left
+    assert len(done_at_kill) < 4, done_at_kill
+    # cases run in id order: what finished is the first cases, and the only staging folders
+    # left behind are the interrupted case's (hidden, so they never look like a case)
+    assert done_at_kill == cases[: len(done_at_kill)], done_at_kill
+    interrupted = cases[len(done_at_kill)]
+    assert all(t.name.startswith(f".tmp-{interrupted}-") for t in out.glob(".tmp-*")), list(out.glob(".tmp-*"))
+    # whatever batch report is on disk (none: a run writes it at its end) claims no finished
+    # case that is not
+    claimed = (json.loads((out / "batch_report.json").read_text())["cases"]
+               if (out / "batch_report.json").exists() else [])
+    assert {r["case_id"] for r in claimed if r["status"] == "complete"} <= set(done_at_kill), claimed
+    finished = {c: (out / c / "report.json").stat() for c in done_at_kill}
     rerun = _job(inp, out)
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err.decode()[-2000:]
-    assert _complete(out) == [f"subject{i:02d}" for i in range(4)]
+    assert _complete(out) == cases
     assert not list(out.glob(".tmp-*"))
+    # the rerun skips exactly the finished cases, leaving their folders as they were, and
+    # does the rest, the interrupted one included
     report = {r["case_id"]: r["status"] for r in json.loads((out / "batch_report.json").read_text())["cases"]}
-    assert all(report[c] == "skipped" for c in done_at_kill)
+    assert report == {c: "skipped" if c in done_at_kill else "complete" for c in cases}, report
+    for c, before in finished.items():
+        after = (out / c / "report.json").stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), c
 
 
 def test_two_jobs_on_one_output_folder_do_not_corrupt_each_other(tmp_path):
