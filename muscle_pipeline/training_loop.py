@@ -12,15 +12,16 @@ unannotated structures to be background.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["accepts_labelled_classes", "fit", "plain_tensor", "stack_batch"]
+__all__ = ["accepts_labelled_classes", "batch_drawer", "fit", "plain_tensor", "stack_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,60 @@ def stack_batch(batch: Sequence[Mapping] | Mapping, device) -> tuple[torch.Tenso
     if any("labelled" in b for b in batch):
         labelled = torch.stack([torch.as_tensor(b["labelled"]).bool() for b in batch]).to(device)
     return x, y, labelled
+
+
+class _SampleStream(torch.utils.data.IterableDataset):
+    """Endless ``sample(rng)`` draws in one DataLoader worker, with that worker's own generators."""
+
+    def __init__(self, sample: Callable, seed: int, reseed: Callable[[int], None] | None):
+        self.sample, self.seed, self.reseed = sample, int(seed), reseed
+
+    def __iter__(self) -> Iterator[Mapping]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        # forked workers inherit the parent's generators: without their own, every worker would
+        # draw the same crops and the same synthetic images
+        rng = np.random.default_rng([self.seed, worker + 1])
+        if self.reseed is not None:
+            self.reseed(self.seed + 104_729 * (worker + 1))
+        while True:
+            yield self.sample(rng)
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # the workers are the parallelism; OpenMP threads would oversubscribe
+
+
+@contextlib.contextmanager
+def batch_drawer(sample: Callable, batch_size: int, rng: np.random.Generator, num_workers: int = 0, seed: int = 0,
+                 reseed: Callable[[int], None] | None = None, pin_memory: bool = False):
+    """``draw_batch()`` for :func:`fit`: a list of ``batch_size`` samples of ``sample(rng)``.
+
+    ``num_workers=0`` draws in this process from ``rng``. ``num_workers > 0`` draws in that many
+    forked DataLoader worker processes (synthesis and augmentation are numpy/scipy work on the
+    CPU; a GPU would otherwise wait for them): worker ``k`` draws from its own generator seeded
+    with ``(seed, k + 1)`` and calls ``reseed(seed')`` once, to give the MONAI randomisable
+    transforms it uses their own state. The draws are repeatable for a given ``seed`` and
+    ``num_workers`` (the DataLoader takes from the workers in turn). The workers stop when the
+    block ends.
+    """
+    if num_workers <= 0:
+        yield lambda: [sample(rng) for _ in range(batch_size)]
+        return
+    loader = torch.utils.data.DataLoader(
+        _SampleStream(sample, seed, reseed), batch_size=None, num_workers=int(num_workers), prefetch_factor=4,
+        worker_init_fn=_one_thread, pin_memory=pin_memory,
+        # fork: ``sample`` is a closure over the trainer and its cached scenes (not picklable, and
+        # copy-on-write instead of a copy per worker)
+        multiprocessing_context="fork")
+    stream = iter(loader)
+    try:
+        yield lambda: [next(stream) for _ in range(batch_size)]
+    finally:
+        shutdown = getattr(stream, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del stream
 
 
 def _loss(loss_fn, takes_labelled: bool, logits, y, labelled, what: str):

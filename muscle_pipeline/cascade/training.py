@@ -27,7 +27,7 @@ from monai.transforms import LoadImage, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
 
 from .. import labels as ontology
-from ..training_loop import fit, plain_tensor
+from ..training_loop import batch_drawer, fit, plain_tensor
 from .boxes import Box, BoxPriors, box_from_mask
 from .model import groups_for, prepare_grids, read_bundle_config, right_value
 
@@ -313,6 +313,9 @@ class CascadeTrainer:
         num_threads: torch CPU threads. 1 by default: on a shared, oversubscribed CPU two OpenMP
             threads per process spin-wait for each other (measured here: a 3D U-Net step took
             12 s with 2 threads and 0.7 s with 1 while other jobs ran).
+        num_workers: DataLoader worker processes that draw the training samples (synthesis,
+            crops, augmentation), so that a GPU does not wait for the CPU; 0 (the default) draws
+            in this process. Each worker has its own random generators (:func:`batch_drawer`).
     """
 
     def __init__(self, bundle, dataset: list[dict], augmentation_stage1=None, augmentation_stage2=None,
@@ -320,7 +323,7 @@ class CascadeTrainer:
                  patch_scale: float = 1.4, max_patch=(96, 96, 64), crop_ratio_range=(1.0, 1.8), divisor: int = 4,
                  seed: int = 0, device: str = "cpu", output_dir: str | None = None, num_threads: int = 1,
                  distributed: bool = False, stage2_iterations_by_muscle: dict | None = None, synthesis=None,
-                 loss=None, optimizer=None, lr_scheduler=None, probe_samples: int = 2):
+                 loss=None, optimizer=None, lr_scheduler=None, probe_samples: int = 2, num_workers: int = 0):
         self.parser = read_bundle_config(bundle)
         self.root = Path(self.parser["bundle_root"])
         self.output_dir = Path(output_dir) if output_dir else Path.cwd() / "runs" / self.root.name
@@ -356,6 +359,7 @@ class CascadeTrainer:
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler if lr_scheduler is not None else torch.optim.lr_scheduler.CosineAnnealingLR
         self.probe_samples = int(probe_samples)
+        self.num_workers = int(num_workers)
         self._structure_lut = structure_lut(self.structures)
         self._group_lut = group_lut(self.structures, self.groups)  # ontology value -> stage-1 group index
         self.losses: dict[str, list[float]] = {}  # what -> loss per iteration
@@ -520,9 +524,12 @@ class CascadeTrainer:
         rng = np.random.default_rng(self.seed + self.rank)
         # MONAI randomisables keep their own generator (shared by every unseeded instance of a
         # class, so its state would depend on whatever ran before): seed them, so a run is repeatable
-        for transform in (self.synthesis, self.aug1, self.aug2):
-            if hasattr(transform, "set_random_state"):
-                transform.set_random_state(self.seed + self.rank)
+        def reseed(seed: int) -> None:
+            for transform in (self.synthesis, self.aug1, self.aug2):
+                if hasattr(transform, "set_random_state"):
+                    transform.set_random_state(seed)
+
+        reseed(self.seed + self.rank)
         # plain tensors through the augmentation: MetaTensor bookkeeping doubles its cost on CPU
         track_meta = get_track_meta()
         set_track_meta(False)
@@ -534,9 +541,11 @@ class CascadeTrainer:
                     indices = [i for i, s in enumerate(sources) if s == source]
                     probes[source] = [sample(probe_rng, int(probe_rng.choice(indices)))
                                       for _ in range(self.probe_samples)]
-            result = fit(network, lambda: [sample(rng) for _ in range(self.batch_size)], iterations, self.loss,
-                         optimizer=self.optimizer, lr_scheduler=self.lr_scheduler, lr=self.lr, device=self.device,
-                         what=what, probes=probes, distributed=self.distributed)
+            with batch_drawer(sample, self.batch_size, rng, self.num_workers, seed=self.seed + self.rank,
+                              reseed=reseed, pin_memory=self.device.type == "cuda") as draw_batch:
+                result = fit(network, draw_batch, iterations, self.loss, optimizer=self.optimizer,
+                             lr_scheduler=self.lr_scheduler, lr=self.lr, device=self.device, what=what,
+                             probes=probes, distributed=self.distributed)
         finally:  # a failed run must not leave MONAI without metadata for everything after it
             set_track_meta(track_meta)
             set_determinism(None)
