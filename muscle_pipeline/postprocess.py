@@ -129,14 +129,13 @@ def _largest_components(labels: np.ndarray, connectivity: int) -> tuple[np.ndarr
     return out, boxes
 
 
-def keep_largest_component(labels: np.ndarray, connectivity: int = 26, boxes=None) -> np.ndarray:
+def keep_largest_component(labels: np.ndarray, connectivity: int = 26) -> np.ndarray:
     """Per label value, keep only its largest connected component; the other islands become
     background. ``labels``: (X, Y, Z) or (X, Y) non-negative integers; returns a C-ordered copy.
 
     ``connectivity``: 6, 18 or 26 in 3D; 4 or 8 in 2D. Ties go to the component found first in
     C order (Fortran order for a Fortran-ordered map, as cc3d reads it). All labels
-    are labelled in one multi-label cc3d pass, then only the smaller islands are erased.
-    ``boxes`` is accepted for compatibility and not needed."""
+    are labelled in one multi-label cc3d pass, then only the smaller islands are erased."""
     labels = np.asarray(labels)
     if labels.flags.f_contiguous and not labels.flags.c_contiguous:
         # cc3d reads a Fortran-ordered map in Fortran order: so do the ties (its transpose is C)
