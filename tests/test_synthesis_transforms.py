@@ -151,3 +151,38 @@ def test_dictionary_pipeline_and_field_of_view(labels):
     assert z.min() >= lo and z.max() < hi
     img = SynthesizeImaged("label", "image", modality="ct").set_random_state(0)({"label": out})["image"]
     assert float(np.asarray(img)[0][:, :, :lo].max(initial=-1000)) <= -900  # air outside the field of view
+
+
+def test_non_limb_tissue_fills_air_only_and_is_background_in_every_target(labels):
+    """RandNonLimbTissue: blobs of soft tissue and fat in the air around the leg (more towards the
+    superior end: the trunk), every existing label untouched; they are soft tissue / fat in the
+    synthetic image (CT HU ranges) and background in the stage-1 groups and stage-2 structures."""
+    from muscle_pipeline.cascade.training import group_lut, structure_lut
+    from muscle_pipeline.cascade.model import groups_for
+    from muscle_pipeline.transforms.synthesis import (CT_RANGES, NON_LIMB_FAT, NON_LIMB_SOFT, SOFT, RandNonLimbTissue,
+                                                      RandNonLimbTissued)
+
+    t = RandNonLimbTissue(prob=1.0, fill_range=(0.4, 0.4), blob_mm=15.0)
+    t.set_random_state(0)
+    out = t(labels)
+    before, after = np.asarray(labels[0]), np.asarray(out[0])
+    assert out.shape == labels.shape and np.allclose(out.affine, labels.affine)
+    assert np.array_equal(after[before != 0], before[before != 0])  # the leg is untouched
+    blobs = np.isin(after, [NON_LIMB_SOFT, NON_LIMB_FAT])
+    air = before == 0
+    assert not (blobs & ~air).any() and 0.3 < blobs.sum() / air.sum() < 0.5
+    assert (after == NON_LIMB_SOFT).any() and (after == NON_LIMB_FAT).any()
+    half = after.shape[2] // 2
+    assert blobs[..., half:].sum() > blobs[..., :half].sum()  # weighted towards the trunk
+    # a new draw each call; prob 0 leaves the labels alone
+    assert not np.array_equal(np.asarray(t(labels)[0]), after)
+    assert RandNonLimbTissue(prob=0.0)(labels) is labels
+    # in the image: soft tissue and fat; in the targets: nothing
+    img = np.asarray(SynthesizeImage(modality="ct", **QUIET)(out)[0])
+    soft, fat = img[after == NON_LIMB_SOFT], img[after == NON_LIMB_FAT]
+    assert CT_RANGES[SOFT][0] - 1 <= soft.mean() <= CT_RANGES[SOFT][1] + 1 and fat.mean() < -50
+    structures = ["vastus_lateralis", "soleus", "gluteus_maximus"]
+    for lut in (structure_lut(structures), group_lut(structures, groups_for(structures, None))):
+        assert lut[NON_LIMB_SOFT] == 0 and lut[NON_LIMB_FAT] == 0
+    d = RandNonLimbTissued("label", prob=1.0).set_random_state(1)({"label": labels, "other": 1})
+    assert d["other"] == 1 and np.isin(np.asarray(d["label"][0]), [NON_LIMB_SOFT, NON_LIMB_FAT]).any()

@@ -275,16 +275,20 @@ def _round_up(v: float, d: int) -> int:
     return int(math.ceil(v / d) * d)
 
 
-def default_synthesis(size_prob: float = 0.3, fov_prob: float = 0.3, **synth_kwargs):
+def default_synthesis(size_prob: float = 0.3, fov_prob: float = 0.3, non_limb_prob: float = 0.0, **synth_kwargs):
     """Scene crop -> (changed scene, synthetic image): per-muscle atrophy/hypertrophy, partial
-    field of view along z, then a random MR contrast or CT (see ``SynthesizeImage``). Deformation
-    is left to the bundle's geometric augmentation, which moves image and target together."""
+    field of view along z, with ``non_limb_prob`` blobs of tissue that is no lower limb in the air
+    around it (``RandNonLimbTissue``: background in the targets), then a random MR contrast or CT
+    (see ``SynthesizeImage``). Deformation is left to the bundle's geometric augmentation, which
+    moves image and target together."""
     from monai.transforms import Compose
 
-    from ..transforms.synthesis import RandFieldOfViewd, RandMuscleSized, SynthesizeImaged
+    from ..transforms.synthesis import RandFieldOfViewd, RandMuscleSized, RandNonLimbTissued, SynthesizeImaged
 
-    return Compose([RandMuscleSized("scene", prob=size_prob), RandFieldOfViewd("scene", prob=fov_prob),
-                    SynthesizeImaged("scene", "image", **synth_kwargs)])
+    steps = [RandMuscleSized("scene", prob=size_prob), RandFieldOfViewd("scene", prob=fov_prob)]
+    if non_limb_prob > 0:
+        steps.append(RandNonLimbTissued("scene", prob=non_limb_prob))
+    return Compose([*steps, SynthesizeImaged("scene", "image", **synth_kwargs)])
 
 
 class CascadeTrainer:

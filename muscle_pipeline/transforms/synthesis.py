@@ -38,6 +38,7 @@ from muscle_pipeline import labels as ontology
 from muscle_pipeline.transforms.legs import voxel_spacing
 
 __all__ = ["SynthesizeImage", "SynthesizeImaged", "RandMuscleSize", "RandMuscleSized", "RandFieldOfViewd",
+           "RandNonLimbTissue", "RandNonLimbTissued", "NON_LIMB_SOFT", "NON_LIMB_FAT",
            "synthesis_pipeline", "tissue_class_lut", "TISSUES", "MR_MODES"]
 
 TISSUES = ("air", "muscle", "fat", "intermuscular_fat", "skin", "cortex", "marrow", "cartilage", "ligament", "soft")
@@ -58,6 +59,11 @@ CT_RANGES = {AIR: (-1000.0, -1000.0), MUSCLE: (35.0, 65.0), FAT: (-120.0, -80.0)
              LIGAMENT: (60.0, 100.0), SOFT: (20.0, 50.0)}
 
 
+# generation-only label values of RandNonLimbTissue: tissue that is none of our structures
+# (viscera, the other body parts a field of view catches); every training target maps them to 0
+NON_LIMB_SOFT, NON_LIMB_FAT = 203, 204
+
+
 def tissue_class_lut() -> np.ndarray:
     """(256,) int: label value -> tissue class index into ``TISSUES`` (bones -> cortex; marrow is
     carved out of each bone later). Unknown non-zero values are ``soft`` tissue."""
@@ -73,6 +79,7 @@ def tissue_class_lut() -> np.ndarray:
     lut[ontology.value_of("intermuscular_fat")] = IMF
     lut[ontology.value_of("skin")] = SKIN
     lut[200], lut[201], lut[202] = CORTEX, CARTILAGE, LIGAMENT  # atlas generation-only values
+    lut[NON_LIMB_SOFT], lut[NON_LIMB_FAT] = SOFT, FAT  # RandNonLimbTissue's organ-like and fatty blobs
     return lut
 
 
@@ -380,6 +387,70 @@ class RandFieldOfViewd(MapTransform, RandomizableTransform):
             shape = [1, 1, 1]
             shape[self.axis] = -1
             d[k] = lab * keep.view(1, *shape).to(lab.dtype) if isinstance(lab, torch.Tensor) else lab * keep.numpy().reshape(1, *shape)
+        return d
+
+
+class RandNonLimbTissue(RandomizableTransform):
+    """Labels (1, X, Y, Z) -> the same with random blobs of tissue that is not a lower limb in the
+    air around the scene (values :data:`NON_LIMB_SOFT`, :data:`NON_LIMB_FAT`: background in every
+    training target; soft tissue and fat in the synthetic image).
+
+    Why: the atlas legs end at the pelvis and float in air, so a network trained on them alone has
+    never seen soft tissue that is not one of its muscles; on a CT of the pelvis it painted the
+    abdomen's organs (muscle-like HU) with thigh and hip muscles. The blobs are a smooth random
+    field (correlation ``blob_mm``, in mm) thresholded to fill ``fill_range`` of the air voxels,
+    weighted towards the top of the crop (``superior_bias``; the trunk is above the pelvis) and
+    split into soft tissue and fat. Shape, grid and every existing label are unchanged.
+    """
+
+    def __init__(self, prob: float = 0.5, fill_range: tuple[float, float] = (0.1, 0.6), blob_mm: float = 25.0,
+                 fat_fraction_range: tuple[float, float] = (0.1, 0.5), superior_bias: float = 0.7,
+                 label_spacing=None):
+        RandomizableTransform.__init__(self, prob)
+        self.fill_range, self.blob_mm, self.superior_bias = fill_range, float(blob_mm), float(superior_bias)
+        self.fat_fraction_range, self.label_spacing = fat_fraction_range, label_spacing
+
+    def __call__(self, label):
+        self.randomize(None)
+        if not self._do_transform:
+            return label
+        lab = _as_labels(label)
+        air = lab == 0
+        if not air.any():
+            return label
+        sigma = self.blob_mm / _spacing_of(label, self.label_spacing)
+        field = ndimage.gaussian_filter(self.R.standard_normal(lab.shape).astype(np.float32), sigma, mode="wrap")
+        field /= field.std() + 1e-6
+        # a ramp along the superior (last) axis: more tissue towards the trunk
+        ramp = np.linspace(-1.0, 1.0, lab.shape[2], dtype=np.float32)[None, None, :]
+        field += self.superior_bias * self.R.uniform(0.5, 1.5) * ramp
+        fill = self.R.uniform(*self.fill_range)
+        blobs = air & (field > np.quantile(field[air], 1.0 - fill))
+        second = ndimage.gaussian_filter(self.R.standard_normal(lab.shape).astype(np.float32), sigma / 2, mode="wrap")
+        fatty = second > np.quantile(second, 1.0 - self.R.uniform(*self.fat_fraction_range))
+        out = lab.copy()
+        out[blobs & ~fatty] = NON_LIMB_SOFT
+        out[blobs & fatty] = NON_LIMB_FAT
+        return _like(label, out) if isinstance(label, torch.Tensor) else out[None]
+
+
+class RandNonLimbTissued(MapTransform, RandomizableTransform):
+    """Dictionary twin of ``RandNonLimbTissue`` (label keys only)."""
+
+    def __init__(self, keys: KeysCollection = "label", **kwargs):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, 1.0)
+        self.t = RandNonLimbTissue(**kwargs)
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.t.set_random_state(state=self.R)
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            d[k] = self.t(d[k])
         return d
 
 
