@@ -1,18 +1,11 @@
 """Helpers of tools/device/train_lower_limb_35.sh (standard library only, plus torch for ``finish``).
 
     python3 tools/device/ll35_kit.py rates LOG [--tsv FILE]
-    python3 tools/device/ll35_kit.py plan-stage2 LOG --remaining S --stage1-wall S --muscles N
     python3 tools/device/ll35_kit.py finish MODELS_DIR --bundle-config inference.json [--muscles ...]
 
 ``rates``: iterations per second of every network trained in LOG, read off the training loop's
 own lines (``stage 1: iteration 1500/1500 loss 0.41 (52 s)``; seconds since that network's first
 iteration, rounded to whole seconds), plus the totals, for calibrating the next run's budget.
-
-``plan-stage2``: stage-2 iterations per muscle that fit the remaining budget, from stage 1's
-measured seconds per iteration. On a GPU both stages wait for the CPU workers that synthesise the
-samples, so a stage-2 iteration of muscle m costs what stage 1 does times the ratio of their
-sample costs; summed over the 35 muscles that ratio was 38 on one CPU thread here (stage 1 0.123 s
-per sample; stage 2 0.013 s (external rotators) to 0.41 s (sartorius), 4.63 s together).
 
 ``finish``: what a run left in MODELS_DIR, made loadable. A weights file that does not load (cut
 by the budget while being written) is removed; muscles without stage-2 weights (the budget ran
@@ -32,9 +25,6 @@ from pathlib import Path
 
 LINE = re.compile(r"(?P<what>stage 1|stage 2 (?P<muscle>\w+) patch \([^)]*\)): iteration (?P<it>\d+)/(?P<n>\d+) "
                   r"loss (?P<loss>\S+) \((?P<s>\d+) s\)")
-# sum over lower_limb_35's 35 muscles of the stage-2 seconds per sample / stage 1's (measured here)
-STAGE2_COST_RATIO = 38.0
-N_STRUCTURES = 35
 
 
 def read_rates(log: Path) -> list[dict]:
@@ -69,27 +59,6 @@ def rates(args) -> int:
         Path(args.tsv).write_text("\n".join(lines) + "\n")
     for line in lines:
         print("  " + line.replace("\t", "  "))
-    return 0
-
-
-def plan_stage2(args) -> int:
-    s1 = [r for r in read_rates(Path(args.log)) if r["muscle"] is None and r["iterations"] == r["planned"]]
-    if not s1:
-        print("plan-stage2: no finished stage 1 in the log", file=sys.stderr)
-        return 1
-    r = s1[-1]
-    per_iteration1 = max(r["seconds"], 1) / r["iterations"]
-    # the stage-2 process starts like stage 1's did (imports, data, workers): its wall minus its loop
-    startup = max(args.stage1_wall - r["seconds"], 0) * args.processes
-    per_iteration2 = args.ratio * args.muscles / N_STRUCTURES * per_iteration1  # one iteration of each muscle
-    usable = args.safety * (args.remaining - startup - args.muscles * args.overhead)
-    n = math.floor(usable / per_iteration2) if usable > 0 else 0
-    planned = min(max(n, args.min), args.max)
-    print(f"plan-stage2: stage 1 {per_iteration1:.4f} s/it -> stage 2 ~{per_iteration2:.3f} s per iteration of all "
-          f"{args.muscles} muscle(s); {args.remaining:.0f} s left - {startup:.0f} s start-up - {args.muscles} x "
-          f"{args.overhead:.0f} s per muscle, x {args.safety}: {n} iterations fit -> {planned} "
-          f"(clamped to [{args.min}, {args.max}])", file=sys.stderr)
-    print(planned)
     return 0
 
 
@@ -142,18 +111,6 @@ def main(argv=None) -> int:
     p.add_argument("log")
     p.add_argument("--tsv")
     p.set_defaults(func=rates)
-    p = sub.add_parser("plan-stage2")
-    p.add_argument("log")
-    p.add_argument("--remaining", type=float, required=True, help="seconds of the budget left")
-    p.add_argument("--stage1-wall", type=float, required=True, help="wall seconds of the stage-1 process")
-    p.add_argument("--muscles", type=int, default=N_STRUCTURES)
-    p.add_argument("--processes", type=int, default=1, help="stage-2 processes to start (one per listed muscle)")
-    p.add_argument("--ratio", type=float, default=STAGE2_COST_RATIO)
-    p.add_argument("--overhead", type=float, default=3.0, help="seconds per muscle outside the loop (workers, save)")
-    p.add_argument("--safety", type=float, default=0.85)
-    p.add_argument("--min", type=int, default=100)
-    p.add_argument("--max", type=int, default=1000)
-    p.set_defaults(func=plan_stage2)
     p = sub.add_parser("finish")
     p.add_argument("models_dir")
     p.add_argument("--bundle-config", required=True)
