@@ -11,9 +11,9 @@ The field is smooth and multiplicative: ``corrected = image / exp(log_field)``.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
@@ -21,6 +21,10 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 
 from muscle_pipeline.transforms.intensity import has_hounsfield_air, otsu_body_mask
 from muscle_pipeline.transforms.legs import voxel_spacing
+
+if TYPE_CHECKING:  # imported where N4 runs: importing muscle_pipeline.transforms (the training path's
+    # synthesis) must not need SimpleITK, a 52 MB wheel that cannot travel to a lent GPU machine
+    import SimpleITK as sitk
 
 __all__ = [
     "N4BiasFieldCorrection",
@@ -41,6 +45,8 @@ def to_sitk_image(volume: np.ndarray, affine: np.ndarray | None = None) -> sitk.
     sign flip. Shear, if any, is dropped (polar decomposition): ITK needs an orthonormal
     direction, and N4 only needs the spacing to be right.
     """
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(volume, dtype=np.float32).transpose(2, 1, 0)))
     if affine is None:
         return image
@@ -90,6 +96,8 @@ def n4_log_bias_field(volume: np.ndarray, affine: np.ndarray | None = None, mask
     body &= volume > 0
     if not body.any():
         raise ValueError("N4: the fitting mask holds no positive voxel")
+
+    import SimpleITK as sitk
 
     full_image = to_sitk_image(volume, affine)
     mask_image = sitk.Cast(to_sitk_image(body.astype(np.float32), affine), sitk.sitkUInt8)
