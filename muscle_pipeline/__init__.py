@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os as _os
 
+from muscle_pipeline._lazy import lazy_getattr
+
 # Measured on our 2-core machine: with torch's 2 OpenMP threads and any other busy process,
 # libgomp's spin-waiting made the cascade on one calf leg take 11.8 s instead of 0.45 s.
 # Sleeping waits remove that cliff. libgomp reads this once, when torch is first imported, so
@@ -26,12 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'muscle_pipeline' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = list(_LAZY) + ["__version__"]

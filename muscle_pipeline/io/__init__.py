@@ -7,6 +7,7 @@
 Discovery needs only pydicom; reading and writing need torch and MONAI, so they are imported on
 first use: a job whose inputs are missing or unreadable says so at once.
 """
+from muscle_pipeline._lazy import lazy_getattr
 from muscle_pipeline.io.discover import Case, SkippedFile, discover, image_format
 
 _LAZY = {
@@ -19,12 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'muscle_pipeline.io' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -335,13 +335,16 @@ class RandMuscleSize(RandomizableTransform):
         return _like(label, out.astype(np.int16)) if isinstance(label, torch.Tensor) else out[None]
 
 
-class RandMuscleSized(MapTransform, RandomizableTransform):
-    """Dictionary twin of ``RandMuscleSize`` (label keys only)."""
+class _LabelKeysTwin(MapTransform, RandomizableTransform):
+    """A label-map transform (``array_transform``, built from the keyword arguments) applied to
+    each label key, sharing this dict transform's random state."""
+
+    array_transform: type
 
     def __init__(self, keys: KeysCollection = "label", **kwargs):
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, 1.0)
-        self.t = RandMuscleSize(**kwargs)
+        self.t = self.array_transform(**kwargs)
 
     def set_random_state(self, seed=None, state=None):
         super().set_random_state(seed, state)
@@ -353,6 +356,12 @@ class RandMuscleSized(MapTransform, RandomizableTransform):
         for k in self.key_iterator(d):
             d[k] = self.t(d[k])
         return d
+
+
+class RandMuscleSized(_LabelKeysTwin):
+    """Dictionary twin of ``RandMuscleSize`` (label keys only)."""
+
+    array_transform = RandMuscleSize
 
 
 class RandFieldOfViewd(MapTransform, RandomizableTransform):
@@ -434,24 +443,10 @@ class RandNonLimbTissue(RandomizableTransform):
         return _like(label, out) if isinstance(label, torch.Tensor) else out[None]
 
 
-class RandNonLimbTissued(MapTransform, RandomizableTransform):
+class RandNonLimbTissued(_LabelKeysTwin):
     """Dictionary twin of ``RandNonLimbTissue`` (label keys only)."""
 
-    def __init__(self, keys: KeysCollection = "label", **kwargs):
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, 1.0)
-        self.t = RandNonLimbTissue(**kwargs)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.t.set_random_state(state=self.R)
-        return self
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        for k in self.key_iterator(d):
-            d[k] = self.t(d[k])
-        return d
+    array_transform = RandNonLimbTissue
 
 
 def synthesis_pipeline(label_key: str = "label", image_key: str = "image", elastic_prob: float = 0.8,
