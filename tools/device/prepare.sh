@@ -13,6 +13,8 @@
 # 2. Copies the training data into .device_data/ (the data root there): the Visible Human atlas
 #    legs and the labelled DTI calf (train_atlas_calf), and builds the completed-atlas cache
 #    (.device_data/atlas_cache, ~4 MB) with this project's venv, which saves the GPU run ~30 s.
+#    Writes the bundle the GPU trains, .device_data/lower_limb_35 (ll35_kit.py device-bundle):
+#    the shipped configs with bias_correction null, the real calf N4-corrected here.
 # 3. Prints the size of what travels (git-tracked + untracked-not-ignored files + the carried
 #    folders) and fails if it is over MAX_MIB (the tool's limit is 64 MiB).
 #
@@ -138,6 +140,12 @@ training_entries(("VHF", "VHM"), spacing=2.0, cache_dir=sys.argv[1], root=sys.ar
 print(f"atlas cache: {sys.argv[1]} ({time.perf_counter() - t:.0f} s)")
 ' "$DEVICE_DATA/atlas_cache" "$SOURCE_DATA/visible_human_lower_limb"
 fi
+# the bundle the GPU trains: lower_limb_35's configs with bias_correction null and the real calf
+# N4-corrected here (N4 is SimpleITK's, 52 MB, which cannot travel); fails unless the trainer's
+# arrays of that case are the same as the shipped bundle's
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PIP_PYTHON" tools/device/ll35_kit.py device-bundle \
+    "$DEVICE_DATA" "$SOURCE_DATA" 2>&1 | grep -E "device-bundle|Error|error"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "prepare: FAIL: the device bundle" >&2; exit 1; }
 if [ "$COPY_ATLAS_SOURCE" = 1 ]; then
     copy_data visible_human_lower_limb
 elif [ -e "$DEVICE_DATA/visible_human_lower_limb" ]; then

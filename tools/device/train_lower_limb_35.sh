@@ -31,6 +31,10 @@
 #   SKIP_WHEELS [0]          1: do not install .whl/ (here: PYTHON=.venv/bin/python SKIP_WHEELS=1)
 #   WHEEL_DIR [.whl], SITE [/tmp/site]   wheels and where they are installed (on PYTHONPATH)
 #   DATA_ROOT [.device_data], ATLAS_CACHE [$DATA_ROOT/atlas_cache]  (prepare.sh builds the cache)
+#   BUNDLE [$DATA_ROOT/lower_limb_35]  prepare.sh's copy of lower_limb_35's configs with
+#                            bias_correction null (the GPU machine has no SimpleITK for N4); the
+#                            real calf comes N4-corrected in .device_data. The weights are for the
+#                            shipped bundle, whose inference runs N4 as its training data had it
 #   RUN_DIR [/tmp/ll35_run]  the weights go to $RUN_DIR/models (emptied first)
 #   OUT                      required: where the packed weights and the log go
 #   PACK_LIMIT_MIB [15]
@@ -61,6 +65,9 @@ SITE=${SITE:-/tmp/site}
 DATA_ROOT=${DATA_ROOT:-$REPO/.device_data}
 ATLAS_CACHE=${ATLAS_CACHE:-$DATA_ROOT/atlas_cache}
 RUN_DIR=${RUN_DIR:-/tmp/ll35_run}
+# prepare.sh's device bundle (bias_correction null, the real calf N4-corrected beforehand): the
+# machine has no SimpleITK; the shipped bundle would run N4 on the real calf and fail there
+BUNDLE=${BUNDLE:-$DATA_ROOT/lower_limb_35}
 PACK_LIMIT_MIB=${PACK_LIMIT_MIB:-15}
 MODELS=$RUN_DIR/models
 KIT=$REPO/tools/device/ll35_kit.py
@@ -105,7 +112,12 @@ if sys.argv[1].startswith("cuda") and not torch.cuda.is_available():
 EOF
 
 # --- training -----------------------------------------------------------------------------------
-COMMON=(lower_limb_35 --config train_atlas --config train_atlas_calf -o "$MODELS"
+if [ ! -d "$BUNDLE/configs" ]; then
+    say "FAIL: no bundle $BUNDLE (run tools/device/prepare.sh here first, or set BUNDLE)"
+    exit 3
+fi
+say "bundle: $BUNDLE (bias_correction: $(grep -o '"bias_correction": [a-z{]*' "$BUNDLE/configs/inference.json"))"
+COMMON=("$BUNDLE" --config train_atlas --config train_atlas_calf -o "$MODELS"
         --set "data_root=$DATA_ROOT" --set "atlas_cache=$ATLAS_CACHE" --set "device=$DEVICE"
         --set "num_workers=$NUM_WORKERS" --set "trainer#stage1_iterations=$STAGE1_ITERATIONS")
 for kv in $EXTRA_SETS; do COMMON+=(--set "$kv"); done
