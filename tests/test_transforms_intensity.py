@@ -158,3 +158,47 @@ def test_one_hounsfield_air_rule_for_recognition_regions_and_n4():
         modality, how = recognize_modality(MetaTensor(torch.from_numpy(array)))
         assert modality == expected and f"{low_percentile(array):.0f}" in how
     assert recognize_modality(MetaTensor(torch.from_numpy(ct)), dicom_modality="MR") == ("MR", "DICOM Modality tag")
+
+
+def test_rand_contrast_remap_is_a_smooth_non_monotone_curve_of_the_input(thigh_mri):
+    from muscle_pipeline.transforms.intensity import RandContrastRemap
+
+    image = thigh_mri[:, ::4, ::4, ::4].float()
+    low, high = float(image.min()), float(image.max())
+    remap = RandContrastRemap(prob=1.0, levels=64, kernel_size=16)
+    remap.set_random_state(0)
+    correlations = []
+    for _ in range(12):
+        out = remap(image)
+        assert isinstance(out, MetaTensor) and out.shape == image.shape and out.dtype == torch.float32
+        assert torch.equal(out.affine, image.affine)
+        assert low - 1e-3 <= float(out.min()) and float(out.max()) <= high + 1e-3
+        # a function of the quantised input: one output per grey level, at most levels + 1 of them
+        levels = torch.round((image - low) / (high - low) * 64)
+        assert len(torch.unique(out)) <= 65
+        for level in torch.unique(levels)[::8]:
+            assert len(torch.unique(out[levels == level])) == 1
+        correlations.append(float(np.corrcoef(out.flatten().numpy(), image.flatten().numpy())[0, 1]))
+    # contrast is not just rescaled: some draws turn it round (fat-bright becomes fat-dark), others not
+    assert min(correlations) < -0.2 and max(correlations) > 0.2, correlations
+    # the same seed draws the same curves
+    again = RandContrastRemap(prob=1.0)
+    again.set_random_state(0)
+    assert torch.equal(again(image), RandContrastRemap(prob=1.0).set_random_state(0)(image))
+    # prob 0 leaves the image alone
+    assert RandContrastRemap(prob=0.0)(image) is image
+
+
+def test_rand_contrast_remapd_remaps_the_image_keys_only(thigh_mri):
+    from muscle_pipeline.transforms.intensity import RandContrastRemapd
+
+    image = thigh_mri[:, ::4, ::4, ::4].float()
+    label = (image > image.mean()).float()
+    twin = RandContrastRemapd("image", prob=1.0)
+    twin.set_random_state(1)
+    out = twin({"image": image, "label": label})
+    assert out["label"] is label
+    assert not torch.equal(out["image"], image) and out["image"].shape == image.shape
+    assert RandContrastRemapd("image", prob=0.0)({"image": image})["image"] is image
+    with pytest.raises(ValueError):
+        RandContrastRemapd("image", levels=8, kernel_size=16)

@@ -16,7 +16,9 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import (
     Compose,
+    IntensityRemap,
     MapTransform,
+    RandomizableTransform,
     ScaleIntensityRange,
     ScaleIntensityRanged,
     Transform,
@@ -35,6 +37,8 @@ __all__ = [
     "CTWindowd",
     "MRNormalize",
     "MRNormalized",
+    "RandContrastRemap",
+    "RandContrastRemapd",
     "PRESETS",
     "intensity_preset",
 ]
@@ -201,6 +205,73 @@ class MRNormalized(MapTransform):
         mask = d[self.mask_key] if self.mask_key is not None else None
         for key in self.key_iterator(d):
             d[key] = self.normalizer(d[key], mask)
+        return d
+
+
+class RandContrastRemap(RandomizableTransform):
+    """A random, non-monotone intensity curve: which tissue is bright stops being a cue.
+
+    MONAI's :class:`~monai.transforms.IntensityRemap` (Sawyer et al., "Intensity augmentation for
+    domain transfer of whole breast segmentation in MRI", IEEE TMI 2020) draws a smoothed random
+    curve over the image's distinct values. A float MR image has as many distinct values as voxels,
+    which makes that curve noise; so each channel of ``(C, X, Y, Z)`` is first quantised to
+    ``levels`` grey levels between its minimum and maximum, remapped with a curve smoothed over
+    ``kernel_size`` levels (about ``levels / kernel_size`` independent bumps: fat-bright, fat-dark
+    and everything between), and put back on the channel's own intensity range. Edges where two
+    tissues differ survive unless the curve happens to give both the same value. Float32 out,
+    the input's meta kept; no voxel moves.
+    """
+
+    def __init__(self, prob: float = 0.5, levels: int = 64, kernel_size: int = 16) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if levels < 2 or not 1 <= kernel_size <= levels:
+            raise ValueError(f"need levels >= 2 and 1 <= kernel_size <= levels, got {levels}, {kernel_size}")
+        self.levels = int(levels)
+        self.kernel_size = int(kernel_size)
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        if randomize:
+            self.randomize(None)
+        if not self._do_transform:
+            return img
+        data = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+        out = torch.empty_like(data)
+        remap = IntensityRemap(self.kernel_size, slope=0.0)  # the slope term is negligible on 0..levels
+        remap.set_random_state(state=self.R)
+        for channel in range(data.shape[0]):
+            values = data[channel]
+            low, high = float(values.min()), float(values.max())
+            if high <= low:
+                out[channel] = values
+                continue
+            quantised = torch.round((values - low) / (high - low) * self.levels)
+            curve = remap(quantised).to(torch.float32)  # values on 0..levels
+            out[channel] = low + curve / self.levels * (high - low)
+        return convert_to_dst_type(out, img, dtype=torch.float32)[0]
+
+
+class RandContrastRemapd(MapTransform, RandomizableTransform):
+    """Dictionary twin of :class:`RandContrastRemap`: one draw decides for all ``keys``, each gets
+    its own curve."""
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.5, levels: int = 64, kernel_size: int = 16,
+                 allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.remap = RandContrastRemap(prob=1.0, levels=levels, kernel_size=kernel_size)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.remap.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self.remap(d[key])
         return d
 
 
