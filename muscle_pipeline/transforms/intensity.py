@@ -218,16 +218,20 @@ class RandContrastRemap(RandomizableTransform):
     ``levels`` grey levels between its minimum and maximum, remapped with a curve smoothed over
     ``kernel_size`` levels (about ``levels / kernel_size`` independent bumps: fat-bright, fat-dark
     and everything between), and put back on the channel's own intensity range. Edges where two
-    tissues differ survive unless the curve happens to give both the same value. Float32 out,
-    the input's meta kept; no voxel moves.
+    tissues differ survive unless the curve happens to give both the same value. The lowest
+    ``dark_levels`` grey levels (air, in a magnitude MR image) keep the channel's minimum: air is
+    dark in every MR contrast, and curves that lit it up taught calf_mri muscle outside the skin.
+    Float32 out, the input's meta kept; no voxel moves.
     """
 
-    def __init__(self, prob: float = 0.5, levels: int = 64, kernel_size: int = 16) -> None:
+    def __init__(self, prob: float = 0.5, levels: int = 64, kernel_size: int = 16, dark_levels: int = 2) -> None:
         RandomizableTransform.__init__(self, prob)
-        if levels < 2 or not 1 <= kernel_size <= levels:
-            raise ValueError(f"need levels >= 2 and 1 <= kernel_size <= levels, got {levels}, {kernel_size}")
+        if levels < 2 or not 1 <= kernel_size <= levels or not 0 <= dark_levels < levels:
+            raise ValueError("need levels >= 2, 1 <= kernel_size <= levels and 0 <= dark_levels < levels, "
+                             f"got {levels}, {kernel_size}, {dark_levels}")
         self.levels = int(levels)
         self.kernel_size = int(kernel_size)
+        self.dark_levels = int(dark_levels)
 
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
         if randomize:
@@ -246,7 +250,8 @@ class RandContrastRemap(RandomizableTransform):
                 continue
             quantised = torch.round((values - low) / (high - low) * self.levels)
             curve = remap(quantised).to(torch.float32)  # values on 0..levels
-            out[channel] = low + curve / self.levels * (high - low)
+            remapped = low + curve / self.levels * (high - low)
+            out[channel] = torch.where(quantised < self.dark_levels, torch.tensor(low), remapped)
         return convert_to_dst_type(out, img, dtype=torch.float32)[0]
 
 
@@ -255,10 +260,10 @@ class RandContrastRemapd(MapTransform, RandomizableTransform):
     its own curve."""
 
     def __init__(self, keys: KeysCollection, prob: float = 0.5, levels: int = 64, kernel_size: int = 16,
-                 allow_missing_keys: bool = False) -> None:
+                 dark_levels: int = 2, allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.remap = RandContrastRemap(prob=1.0, levels=levels, kernel_size=kernel_size)
+        self.remap = RandContrastRemap(prob=1.0, levels=levels, kernel_size=kernel_size, dark_levels=dark_levels)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
