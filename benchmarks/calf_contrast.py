@@ -109,7 +109,8 @@ def measure(runs: dict[str, dict]) -> dict:
 
 
 def picture(runs: dict[str, dict], scan: str, path: Path) -> None:
-    """One leg of ``scan``, five axial slices; a row for the image and one per model."""
+    """One leg of ``scan`` (the lower array-x half when both are side by side; the title says which),
+    five axial slices; a row for the image and one per model."""
     import nibabel as nib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -141,7 +142,10 @@ def picture(runs: dict[str, dict], scan: str, path: Path) -> None:
                 ax.set_ylabel(row, fontsize=9)
             if i == 0:
                 ax.set_title(f"z={z}", fontsize=8)
-    fig.suptitle(f"{scan}: one leg, calf_mri weights by row", fontsize=10)
+    tiles = [lab[x0:x1, y0:y1] for lab in labels.values()]
+    named = np.concatenate([t[t > 0] for t in tiles]) if tiles else np.zeros(0)
+    leg = "no leg labelled" if named.size == 0 else ("left leg" if np.median(named) >= 100 else "right leg")
+    fig.suptitle(f"{scan}: {leg}, calf_mri weights by row (array x to the right)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
 
