@@ -29,9 +29,12 @@ under ``/usr/bin/time`` (wall seconds, max RSS), ``repeats`` times per case, on 
 targets through lower_limb_35 (the 7 joined stations, the 512^2 CT) and the real calf. With
 ``--old DIR`` the same commands run from an old checkout's ``muscle_pipeline`` (``PYTHONPATH``),
 alternating with the current code, so both see the same machine load; the old code gets the
-bundle configs of its own revision (``runs/ll35_bundle_old``). On the calf test_low, calf_mri and
-nnU-Net v2's 2d predictor with its default mirroring TTA (``.venv-nnunet``, a model trained by
-``nnunet_baseline.py``) are timed the same way, whole process each. Results:
+bundle configs of its own revision (``runs/ll35_bundle_old``). lower_limb_35's weights are not
+shipped: ``runs/ll35_bundle`` is the bundle with atlas-trained weights in ``models/`` (e.g. from
+``lower_limb_35_atlas.py``); without them it is left out. On the calf test_low, calf_mri and
+nnU-Net v2's 2d and 3d_fullres predictors with their default mirroring TTA (``.venv-nnunet``,
+models trained by ``nnunet_baseline.py``; a configuration without a model is left out) are timed
+the same way, whole process each. Results:
 ``benchmarks/results/bench_whole_process.{md,json}`` (``--process-output`` renames them).
 """
 from __future__ import annotations
@@ -241,14 +244,15 @@ def time_process(source: Path, bundle: Path, pythonpath: str | None, threads: in
             "precision": report.get("precision", "fp32")}
 
 
-def time_nnunet_process(source: Path, threads: int) -> dict:
-    """nnU-Net v2's 2d predictor with its default mirroring TTA, the whole process (Python start-up,
-    imports, model load, read, predict, export) under ``/usr/bin/time``, as for ours."""
+def time_nnunet_process(source: Path, threads: int, configuration: str = "2d") -> dict:
+    """nnU-Net v2's predictor (``configuration`` 2d or 3d_fullres) with its default mirroring TTA, the
+    whole process (Python start-up, imports, model load, read, predict, export) under
+    ``/usr/bin/time``, as for ours."""
     import tempfile
 
     import nnunet_baseline
 
-    model = nnunet_baseline.model_folder()
+    model = nnunet_baseline.model_folder(configuration)
     with tempfile.TemporaryDirectory() as out:
         cmd = ["/usr/bin/time", "-f", "TIME %e %M", str(nnunet_baseline.VENV / "bin" / "python"), "-c",
                nnunet_baseline.PREDICT_SCRIPT, str(model), str(source), str(Path(out) / "pred"), "1", str(threads)]
@@ -264,7 +268,11 @@ def process(repeats: int, threads: int, old: str | None, cases: list[str], outpu
 
     ensure_whole_leg()
     ensure_synthetic_ct(PROCESS_CASES["ll35_ct_512x512x400"])
-    codes = {"current": (None, REPO / "runs" / "ll35_bundle")}
+    # lower_limb_35 needs weights that are not shipped (runs/ll35_bundle/models); without them the
+    # race runs the other codes only
+    codes = {"current": (None, REPO / "runs" / "ll35_bundle")} if (REPO / "runs" / "ll35_bundle" / "models").is_dir() else {}
+    if not codes:
+        print("runs/ll35_bundle has no models: lower_limb_35 is left out of this run", flush=True)
     if old:
         old_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=old, capture_output=True,
                                  text=True).stdout.strip()
@@ -275,13 +283,21 @@ def process(repeats: int, threads: int, old: str | None, cases: list[str], outpu
         case_codes = dict(codes)
         if name == "ll35_test_low":  # the calf race: our calf model and nnU-Net 2d, whole process each
             case_codes["calf_mri (current)"] = (None, "calf_mri")
-            if (nnunet_venv := REPO / ".venv-nnunet" / "bin" / "python").is_file():
-                case_codes["nnU-Net v2 2d, mirroring TTA"] = ("nnunet", None)
+            if (REPO / ".venv-nnunet" / "bin" / "python").is_file():
+                import nnunet_baseline
+
+                for configuration in nnunet_baseline.CONFIGURATIONS:
+                    try:
+                        nnunet_baseline.model_folder(configuration)
+                    except FileNotFoundError as missing:
+                        print(missing, flush=True)
+                        continue
+                    case_codes[f"nnU-Net v2 {configuration}, mirroring TTA"] = ("nnunet", configuration)
         runs = {label: [] for label in case_codes}
         for _ in range(repeats):
             for label, (pythonpath, bundle) in case_codes.items():  # alternating: the same load for all
                 if pythonpath == "nnunet":
-                    runs[label].append(time_nnunet_process(PROCESS_CASES[name], threads))
+                    runs[label].append(time_nnunet_process(PROCESS_CASES[name], threads, bundle))
                 else:
                     runs[label].append(time_process(PROCESS_CASES[name], bundle, pythonpath, threads))
                 print(name, label, {k: v for k, v in runs[label][-1].items() if k != "timings_s"}, flush=True)
@@ -293,9 +309,11 @@ def process(repeats: int, threads: int, old: str | None, cases: list[str], outpu
              "(benchmarks/bench_whole_volume.py process)", "",
              f"* {report['machine']}; {threads} threads; {repeats} runs per code, alternating; commit {commit}; "
              f"load average at end {report['load_average_at_end']}",
-             "* lower_limb_35 with the weights of runs/ll35_v01 (trained from the atlas here, not shipped: speed "
-             "does not depend on their quality, the boxes they find do). Wall = everything a user waits for: "
-             "start-up and imports, loading 36 networks, recognition, the job, all outputs.", "",
+             ("* lower_limb_35 with the weights of runs/ll35_bundle (trained from the atlas here, not shipped: speed "
+              "does not depend on their quality, the boxes they find do)." if "current" in codes else
+              "* lower_limb_35 left out: no weights in runs/ll35_bundle (none are shipped).")
+             + " Wall = everything a user waits for: start-up and imports, loading the networks, recognition, "
+             "the job, all outputs. nnU-Net models are trained by nnunet_baseline.py for speed only.", "",
              "| case | code | precision | wall s (median) | runs | max RSS MB | the case's own timings (median, s) |",
              "|---|---|---|---|---|---|---|"]
     for name, runs in report["cases"].items():

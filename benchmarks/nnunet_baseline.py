@@ -6,9 +6,12 @@ pip finds does not load with our CPU torch (``operator torchvision::nms does not
 is uninstalled there; nnU-Net's planner, trainer and predictor do not need it. Keeping it out of
 ``.venv`` keeps the pipeline's own environment what CI installs.
 
-    python benchmarks/nnunet_baseline.py prepare      # dataset 501 from shared/data, plan, preprocess (2d)
-    python benchmarks/nnunet_baseline.py train --epochs 20
-    python benchmarks/nnunet_baseline.py predict IN.nii.gz OUT.nii.gz [--no-mirroring]
+    python benchmarks/nnunet_baseline.py prepare      # dataset 501 from shared/data, plan, preprocess (2d, 3d_fullres)
+    python benchmarks/nnunet_baseline.py train --epochs 20 [--configuration 3d_fullres] [--iterations-per-epoch N]
+    python benchmarks/nnunet_baseline.py predict IN.nii.gz OUT.nii.gz [--no-mirroring] [--configuration 3d_fullres]
+
+``--iterations-per-epoch`` (nnU-Net's default 250) shortens training where only the predictor's
+speed is measured (the whole-process race): a 3d_fullres iteration takes seconds on this CPU.
 
 Everything is written under ``benchmarks/work/nnunet`` (git-ignored). The labels are the 7 calf
 muscles of ``bundles/calf_mri`` as 1..7 (ontology right-side values through
@@ -28,6 +31,7 @@ WORK = ROOT / "benchmarks" / "work" / "nnunet"
 VENV = Path(os.environ.get("NNUNET_VENV", ROOT / ".venv-nnunet"))
 DATASET_ID = 501
 DATASET = f"Dataset{DATASET_ID:03d}_CalfDTI"
+CONFIGURATIONS = ("2d", "3d_fullres")
 SHARED = Path(os.environ.get("MUSCLE_PIPELINE_SHARED", ROOT.parent / "shared")) / "data"
 CALF_IMAGE = SHARED / "qmritools" / "calf_dti_labeled_half" / "twoLegs_x80-160.nii.gz"
 CALF_LABELS = SHARED / "qmritools" / "calf_dti_labeled_half" / "labels_x80-160.nii.gz"
@@ -55,7 +59,8 @@ def nnunet_labels_to_ontology() -> dict[int, int]:
 
 
 def prepare() -> Path:
-    """Write dataset 501 (one case: the labelled right calf) and plan/preprocess its 2d configuration."""
+    """Write dataset 501 (one case: the labelled right calf) and plan/preprocess its 2d and 3d_fullres
+    configurations."""
     import nibabel as nib
     import numpy as np
 
@@ -76,7 +81,7 @@ def prepare() -> Path:
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": names, "numTraining": 1, "file_ending": ".nii.gz",
         "name": "calf_dti_labeled_half (QMRITools demo, BSD-3), right calf, 7 muscles"}, indent=1))
-    run([VENV / "bin" / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1",
+    run([VENV / "bin" / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *CONFIGURATIONS, "-np", "1",
          "--verify_dataset_integrity"])
     return raw
 
@@ -88,35 +93,37 @@ TRAIN_SCRIPT = r"""
 import sys, torch
 import nnunetv2.run.run_training as rt
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-epochs, threads = int(sys.argv[1]), int(sys.argv[2])
+epochs, threads, configuration, iterations = int(sys.argv[1]), int(sys.argv[2]), sys.argv[4], int(sys.argv[5])
 torch.set_num_threads(threads)
-name = f"nnUNetTrainer_{epochs}epochs"
+name = f"nnUNetTrainer_{epochs}epochs" + ("" if iterations == 250 else f"_{iterations}it")
 class Trainer(nnUNetTrainer):  # nnUNetTrainer_Xepochs with any X; nnU-Net records __init__'s arguments by name
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = epochs
+        self.num_iterations_per_epoch = iterations
+        self.num_val_iterations_per_epoch = max(1, iterations // 5)
 Trainer.__name__ = Trainer.__qualname__ = name
 rt.recursive_find_trainer_class_by_name = lambda wanted: Trainer
-rt.run_training(sys.argv[3], "2d", "all", trainer_class_name=name, device=torch.device("cpu"))
+rt.run_training(sys.argv[3], configuration, "all", trainer_class_name=name, device=torch.device("cpu"))
 """
 
 
-def train(epochs: int, threads: int = 2) -> Path:
-    """Train the 2d configuration on fold 'all' (one case: no cross-validation) on the CPU."""
-    run([VENV / "bin" / "python", "-c", TRAIN_SCRIPT, str(epochs), str(threads), str(DATASET_ID)],
-        threads=threads, extra_env={"nnUNet_n_proc_DA": "1"})
-    return model_folder(epochs)
+def train(epochs: int, threads: int = 2, configuration: str = "2d", iterations_per_epoch: int = 250) -> Path:
+    """Train ``configuration`` on fold 'all' (one case: no cross-validation) on the CPU."""
+    run([VENV / "bin" / "python", "-c", TRAIN_SCRIPT, str(epochs), str(threads), str(DATASET_ID), configuration,
+         str(iterations_per_epoch)], threads=threads, extra_env={"nnUNet_n_proc_DA": "1"})
+    return model_folder(configuration)
 
 
-def model_folder(epochs: int | None = None) -> Path:
+def model_folder(configuration: str = "2d") -> Path:
+    """The most recently trained model folder of ``configuration`` (one with a checkpoint)."""
     results = WORK / "results" / DATASET
-    if epochs is not None:
-        return results / f"nnUNetTrainer_{epochs}epochs__nnUNetPlans__2d"
-    found = sorted((p for p in results.glob("nnUNetTrainer_*__nnUNetPlans__2d")
+    found = sorted((p for p in results.glob(f"nnUNetTrainer_*__nnUNetPlans__{configuration}")
                     if any((p / "fold_all" / c).exists() for c in ("checkpoint_final.pth", "checkpoint_best.pth"))),
                    key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no trained nnU-Net 2d model under {results} (run: {Path(__file__).name} train)")
+        raise FileNotFoundError(f"no trained nnU-Net {configuration} model under {results} "
+                                f"(run: {Path(__file__).name} train --configuration {configuration})")
     return found[-1]
 
 
@@ -155,13 +162,14 @@ print(json.dumps({"checkpoint": checkpoint, "import_s": t_import, "load_s": t_lo
 """
 
 
-def predict(src: str | Path, dst: str | Path, mirroring: bool = True, threads: int = 2, model: Path | None = None) -> dict:
+def predict(src: str | Path, dst: str | Path, mirroring: bool = True, threads: int = 2, model: Path | None = None,
+            configuration: str = "2d") -> dict:
     """Predict ``src`` into ``dst`` (nnU-Net class indices) in a fresh process; returns its timings.
 
     ``predict_s`` is nnU-Net's ``predict_from_files`` (read, preprocess, sliding window, export),
     the counterpart of our per-case figure; ``import_s``/``load_s`` are one-off process costs.
     """
-    model = Path(model) if model else model_folder()
+    model = Path(model) if model else model_folder(configuration)
     dst_base = str(dst).replace(".nii.gz", "")  # nnU-Net appends the file ending itself
     out = subprocess.run([str(VENV / "bin" / "python"), "-c", PREDICT_SCRIPT, str(model), str(src), dst_base,
                           "1" if mirroring else "0", str(threads)],
@@ -176,20 +184,24 @@ def main(argv=None) -> int:
     p_train = sub.add_parser("train")
     p_train.add_argument("--epochs", type=int, default=20)
     p_train.add_argument("--threads", type=int, default=2)
+    p_train.add_argument("--configuration", choices=CONFIGURATIONS, default="2d")
+    p_train.add_argument("--iterations-per-epoch", type=int, default=250)
     p_pred = sub.add_parser("predict")
     p_pred.add_argument("src")
     p_pred.add_argument("dst")
     p_pred.add_argument("--no-mirroring", action="store_true")
     p_pred.add_argument("--threads", type=int, default=2)
+    p_pred.add_argument("--configuration", choices=CONFIGURATIONS, default="2d")
     args = parser.parse_args(argv)
     if not (VENV / "bin" / "nnUNetv2_train").exists():
         sys.exit(f"nnU-Net is not installed in {VENV}: run `make nnunet-env` first")
     if args.command == "prepare":
         print(prepare())
     elif args.command == "train":
-        print(train(args.epochs, args.threads))
+        print(train(args.epochs, args.threads, args.configuration, args.iterations_per_epoch))
     else:
-        print(json.dumps(predict(args.src, args.dst, not args.no_mirroring, args.threads)))
+        print(json.dumps(predict(args.src, args.dst, not args.no_mirroring, args.threads,
+                                 configuration=args.configuration)))
     return 0
 
 
