@@ -159,3 +159,39 @@ def test_atlas_and_the_real_calf_train_together_with_partial_labels(shared_data,
     assert all(c["labelled1"].all() for c in trainer.cases if c["source"] != "real DTI calf")
     assert trainer.run("1")[0].name == "stage1.pt"
     assert set(trainer.probe_losses["stage 1"]) == set(sources)
+
+
+def test_real_augmentation_reaches_real_draws_only(shared_data, tmp_path):
+    """train_atlas.json's ``real_augmentation`` (the contrast curve) is applied to draws from real
+    scans and never to synthesised ones: synthesis already draws every contrast."""
+    from monai.transforms import MapTransform
+
+    from muscle_pipeline.transforms.intensity import RandContrastRemapd
+    from test_cascade_training import REPO
+
+    class Recorder(MapTransform):
+        def __init__(self):
+            super().__init__("image")
+            self.calls = 0
+
+        def __call__(self, data):
+            self.calls += 1
+            return dict(data)
+
+    configs = REPO / "bundles" / "lower_limb_35" / "configs"
+    counts = {}
+    for name, extra in (("atlas only", ()), ("real calf only", ("train_atlas_calf.json",))):
+        parser = ConfigParser()
+        parser.read_config([str(configs / n) for n in ("train.json", "train_atlas.json", *extra)])
+        parser.update({"data_root": str(shared_data), "atlas_cache": str(tmp_path / "cache"), "atlas_spacing": 6.0,
+                       "atlas_subjects": ["VHF"], "output_dir": str(tmp_path / name.replace(" ", "_")),
+                       "trainer#stage1_iterations": 2, "trainer#probe_samples": 0})
+        if extra:  # the calf without the atlas legs: every draw is real
+            parser["dataset"] = "@real_data"
+        trainer = parser.get_parsed_content("trainer")
+        assert isinstance(trainer.real_aug, RandContrastRemapd)
+        trainer.real_aug = Recorder()
+        trainer.run("1")
+        counts[name] = trainer.real_aug.calls
+    assert counts["atlas only"] == 0
+    assert counts["real calf only"] == 2 * 2, counts  # 2 iterations of batch 2
