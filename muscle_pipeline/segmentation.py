@@ -21,8 +21,9 @@ import torch
 from monai.data import MetaTensor
 
 from muscle_pipeline.errors import UnsupportedImageError
+from muscle_pipeline.labels import LEFT_OFFSET
 from muscle_pipeline.profiling import stage as profiled
-from muscle_pipeline.transforms.legs import LEG_META_KEY, leg_axes, segment_per_leg, split_legs
+from muscle_pipeline.transforms.legs import LEG_META_KEY, expand_blocks, leg_axes, segment_per_leg, split_legs
 from muscle_pipeline.transforms.region import recognize_side, voting_copy
 
 
@@ -128,8 +129,9 @@ def segment_image(
 
     stage("split legs")
     t0 = time.perf_counter()
+    body: dict = {}
     with profiled("split_legs"):
-        crops = split_legs(img, margin_mm=margin_mm, side=side)
+        crops = split_legs(img, margin_mm=margin_mm, side=side, body=body)
     timings["split_legs"] = time.perf_counter() - t0
     if not crops:
         raise UnsupportedImageError(image.meta.get("filename_or_obj"), "no body found in the image (is it empty?)")
@@ -164,6 +166,21 @@ def segment_image(
     merged = segment_per_leg(img, predict, crops=crops)
     # mirroring and merging: what the legs took beyond their models
     timings["mirror_merge"] = time.perf_counter() - t0 - sum(v for k, v in timings.items() if k.startswith("model_"))
+    # muscle is never in air: labels outside the body outline the legs were split on are a model's
+    # spill past the skin (seen on the demo calf and the 3D Dixon calf); they are dropped, and
+    # counted per leg
+    t0 = time.perf_counter()
+    with profiled("body_outline"):
+        labels = merged[0].numpy() if isinstance(merged, torch.Tensor) else np.asarray(merged[0])
+        outside = ~expand_blocks(body["mask"], body["factors"], labels.shape) & (labels > 0)
+        if outside.any():
+            for leg_side, values in (("right", (labels > 0) & (labels < LEFT_OFFSET)), ("left", labels >= LEFT_OFFSET)):
+                dropped, kept = int((outside & values).sum()), int(values.sum())
+                if dropped > 0.01 * max(kept, 1):
+                    warnings.append(f"{leg_side} leg: {100 * dropped / kept:.0f} % of the labelled voxels lay "
+                                    "outside the body and were dropped: check the segmentation")
+            labels[outside] = 0
+    timings["body_outline"] = time.perf_counter() - t0
     meta = {k: v for k, v in image.meta.items() if k != "affine"}
-    out = MetaTensor(merged[0].to(torch.uint8), affine=image.affine.clone(), meta=meta)
+    out = MetaTensor(torch.as_tensor(labels).to(torch.uint8), affine=image.affine.clone(), meta=meta)
     return SegmentationResult(labels=out, legs=legs, timings=timings, warnings=warnings)

@@ -86,3 +86,30 @@ def test_memory_budget_option_reaches_the_model(monkeypatch, tmp_path):
                  "--memory-budget-mb", "64", "--quiet"]) == 0
     assert model.memory_budget_mb == 64.0
     assert len(model.seen_world_x) == 2  # both legs went through the model
+
+
+class EverywhereModel(BodyModel):
+    """Labels every voxel of the crop soleus, air included: a model spilling past the skin."""
+
+    def predict(self, image):
+        return torch.full(tuple(image.shape[1:]), SOLEUS_R, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("orientation,shape", [("RAS", (72, 48, 12)), ("PIR", (48, 12, 72))])
+def test_labels_outside_the_body_are_dropped_and_reported(orientation, shape):
+    from scipy import ndimage
+
+    from muscle_pipeline.transforms.legs import body_mask
+
+    ph = make_phantom(region="calf", modality="mr", shape=shape, orientation=orientation, seed=3)
+    result = segment_image(ph.image, EverywhereModel())
+    labelled = result.labels.numpy().reshape(ph.image.shape[-3:]) > 0
+    # each leg's outline is found on its own crop, so at the crop borders it may differ from the
+    # whole scan's by a voxel
+    body = body_mask(ph.image)
+    assert not (labelled & ~ndimage.binary_dilation(body)).any()  # nothing in the air
+    assert labelled.sum() >= 0.95 * body.sum()  # and the body itself is kept
+    assert (ph.labels.numpy().reshape(labelled.shape) > 0)[~labelled].sum() <= 0.01 * labelled.sum()
+    spill = [w for w in result.warnings if "outside the body" in w]
+    assert len(spill) == 2 and {w.split(" leg")[0] for w in spill} == {"left", "right"}, result.warnings
+    assert result.timings["body_outline"] > 0

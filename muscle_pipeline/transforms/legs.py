@@ -541,6 +541,7 @@ def plan_legs(
     side: str | None = None,
     n_legs: int | None = None,
     threshold: float | None = None,
+    body: dict | None = None,
 ) -> list[dict]:
     """Compute the leg crops of ``image`` without cropping: one info dict per leg, left first.
 
@@ -550,6 +551,9 @@ def plan_legs(
     ``boundary`` (the split per slice along si), axes, ``spatial_shape``, ``volume_ml`` and
     ``centroid_mm`` (world RAS) of the leg's body voxels, ``side_source``, and ``joined`` (per
     slice: the body was one blob without a valley between the legs, i.e. pelvis or trunk).
+    ``body``: a dict that receives the body mask the split was planned on (``"mask"``, on the
+    working grid, and ``"factors"``: :func:`expand_blocks` puts it on the full grid), for callers
+    that need the body outline too without computing it again.
     """
     if side is not None and side not in SIDES:
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
@@ -560,6 +564,8 @@ def plan_legs(
     # on a full-resolution copy of it; the boundaries, boxes, volumes and centroids are still those
     # of the full-resolution mask (see find_split's ap_weights and _owned_extent).
     coarse, factors, split = split_on_working_grid(arr, affine, threshold, n_legs)
+    if body is not None:
+        body.update(mask=coarse, factors=tuple(int(f) for f in factors))
     boundary = split.boundary
     spacing = voxel_spacing(affine)
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
@@ -735,12 +741,14 @@ class SplitLegsd(MapTransform, InvertibleTransform):
 
 def split_legs(image: MetaTensor, margin_mm: float = 10.0, side: str | None = None,
                n_legs: int | None = None, like: Sequence[LegCrop] | None = None,
-               threshold: float | None = None) -> list[LegCrop]:
+               threshold: float | None = None, body: dict | None = None) -> list[LegCrop]:
     """Split ``image`` into legs (left first). ``like``: reuse the crops of an earlier split (for a
     label map on the same grid). ``threshold``: body = image above it (None: found from the
-    intensities; 0.5 for a label map)."""
+    intensities; 0.5 for a label map). ``body``: receives the body mask (see :func:`plan_legs`)."""
     splitter = SplitLegs(margin_mm=margin_mm, side=side, n_legs=n_legs, threshold=threshold)
     legs = None if like is None else [c.info for c in like]
+    if legs is None and body is not None:
+        legs = plan_legs(image, margin_mm, side, n_legs, threshold, body=body)
     crops = splitter(image, legs=legs)
     return [LegCrop(c, c.meta[LEG_META_KEY]["side"], c.meta[LEG_META_KEY]) for c in crops]
 
