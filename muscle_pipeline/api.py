@@ -25,7 +25,7 @@ from muscle_pipeline.io.write import write_label_map
 from muscle_pipeline.outputs import REPORT_NAME, prepare_output_dir, write_json
 from muscle_pipeline.profiling import stage as profiled
 from muscle_pipeline.qc import save_qc_png
-from muscle_pipeline.quantify import implausible_volumes, measure_volumes, write_volumes_csv
+from muscle_pipeline.quantify import asymmetric_volumes, implausible_volumes, measure_volumes, write_volumes_csv
 
 # Reading, recognition and segmentation need torch and MONAI (~3 s to import on a 2-core CPU):
 # they are imported where they are used, after the inputs, the model name and the output folder
@@ -105,7 +105,7 @@ def _write_case_outputs(case, image, folder: Path, model, model_name: str, resul
     cut = [v.name for v in volumes if v.touches_border]
     if cut:
         warnings.append("cut by the field of view (volume is a lower bound): " + ", ".join(cut))
-    warnings += implausible_volumes(volumes)
+    warnings += implausible_volumes(volumes) + asymmetric_volumes(volumes)
     if dicom_seg and case.format == "dicom":
         from muscle_pipeline.io.dicom_seg import write_dicom_seg
         from muscle_pipeline.io.read import ordered_series_files

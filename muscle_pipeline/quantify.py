@@ -156,6 +156,31 @@ def anatomical_volume_ranges() -> dict[str, dict]:
     return json.loads(table.read_text())["structures"]
 
 
+# Healthy legs differ by about 10-15 % per muscle volume; a muscle twice as large on one side is
+# far more often a segmentation error than anatomy (marked unilateral atrophy is worth a look too).
+MAX_SIDE_RATIO = 2.0
+
+
+def asymmetric_volumes(volumes: list[StructureVolume], max_ratio: float = MAX_SIDE_RATIO) -> list[str]:
+    """One warning per structure whose left and right volumes differ more than ``max_ratio``-fold,
+    when both sides lie wholly inside the field of view (a cut one is only a lower bound)."""
+    pairs: dict[str, dict[str, StructureVolume]] = {}
+    for v in volumes:
+        if v.side in ("left", "right"):
+            pairs.setdefault(v.name.removesuffix(f"_{v.side}"), {})[v.side] = v
+    warnings = []
+    for base, sides in pairs.items():
+        if len(sides) < 2 or any(v.touches_border for v in sides.values()):
+            continue
+        left, right = sides["left"].volume_ml, sides["right"].volume_ml
+        small, large = sorted((left, right))
+        if large > max_ratio * small:
+            ratio = f"{large / small:.1f}x" if small > 0 else "one side empty"
+            warnings.append(f"{base}: left {left:.1f} mL, right {right:.1f} mL ({ratio}): check the segmentation "
+                            "(healthy legs differ by about 10-15 %)")
+    return warnings
+
+
 def implausible_volumes(volumes: list[StructureVolume]) -> list[str]:
     """One warning per muscle whose volume is far outside the anatomical range: above the high
     bound, or below the low bound while wholly inside the field of view (a cut muscle is only

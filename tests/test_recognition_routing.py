@@ -17,7 +17,7 @@ from muscle_pipeline.api import batch_exit_code
 from muscle_pipeline.errors import CaseRejected, ModelError
 from muscle_pipeline.io import discover, read_image
 from muscle_pipeline.qc import _regions_on_ras_z
-from muscle_pipeline.quantify import StructureVolume, implausible_volumes
+from muscle_pipeline.quantify import StructureVolume, asymmetric_volumes, implausible_volumes
 from muscle_pipeline.recognition import MAX_SLICES, recognize_scan
 from muscle_pipeline.transforms.legs import leg_axes
 
@@ -165,6 +165,20 @@ def test_far_out_of_range_volumes_warn_and_cut_muscles_are_only_checked_above():
     assert len(warnings) == 2
     assert warnings[0].startswith("soleus_left 1567 mL is far above")
     assert warnings[1].startswith("tibialis_anterior_right 0.5 mL is far below")
+
+
+def test_left_right_volume_mismatch_warns_when_both_sides_are_whole():
+    def volume(name, ml, cut=False):
+        side = "left" if name.endswith("_left") else "right"
+        return StructureVolume(28, name, side, "leg", 1, ml, cut, 3, (0.0, 0.0, 0.0))
+
+    warnings = asymmetric_volumes([
+        volume("gastrocnemius_lateral_head_left", 26.6), volume("gastrocnemius_lateral_head_right", 102.8),
+        volume("soleus_left", 220.0), volume("soleus_right", 179.5),  # 1.2x: healthy
+        volume("fibulari_left", 10.0, cut=True), volume("fibulari_right", 60.0),  # cut: a lower bound only
+        volume("tibialis_anterior_left", 70.0)])  # one side only: nothing to compare
+    assert warnings == ["gastrocnemius_lateral_head: left 26.6 mL, right 102.8 mL (3.9x): check the segmentation "
+                        "(healthy legs differ by about 10-15 %)"]
 
 
 def test_qc_regions_follow_world_z_whatever_the_array_order():
