@@ -54,11 +54,6 @@ LABELLED = "DTI b0 calf (labelled, trained on)"
 CALF_LABELS = Q / "calf_dti_labeled_half" / "labels_x80-160.nii.gz"
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return float("nan") if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def run_model(model: str, work: Path) -> dict:
     """Segment every scan with ``model``; per scan: status, label map, volumes, warnings."""
     import nibabel as nib
@@ -86,16 +81,17 @@ def measure(runs: dict[str, dict]) -> dict:
 
     from muscle_pipeline import labels as ontology
     from muscle_pipeline.datasets import map_labels
+    from muscle_pipeline.synthetic.other_leg import label_overlap
 
     truth = np.asarray(map_labels(np.asarray(nib.load(CALF_LABELS).dataobj).astype(np.int64), "qmritools_calf"))
     report = {}
     for model, scans in runs.items():
         pred = scans[LABELLED]["labels"]
-        dice = {ontology.label(int(v)).name: round(_dice(truth == v, pred == v), 3)
-                for v in np.unique(truth) if v}
+        dice = {ontology.label(v).name: round(d, 3)
+                for v, d in label_overlap(pred, truth, [v for v in np.unique(truth) if v]).items()}
         water, fat = scans["Dixon water"]["labels"], scans["Dixon fat"]["labels"]
         values = sorted((set(np.unique(water)) | set(np.unique(fat))) - {0})
-        agreement = {ontology.label(int(v)).name: round(_dice(water == v, fat == v), 3) for v in values}
+        agreement = {ontology.label(v).name: round(d, 3) for v, d in label_overlap(water, fat, values).items()}
         report[model] = {
             "dice_labelled_calf": dice,
             "mean_dice_labelled_calf": round(float(np.mean(list(dice.values()))), 3),
