@@ -1,3 +1,3 @@
-from muscle_pipeline.cli import main
+from muscle_pipeline.cli import run
 
-raise SystemExit(main())
+run()

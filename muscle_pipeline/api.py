@@ -18,7 +18,7 @@ import numpy as np
 from muscle_pipeline import __version__
 from muscle_pipeline import labels as ontology
 from muscle_pipeline.batch import BatchReport, CaseResult, parse_shard, run_batch
-from muscle_pipeline import routing
+from muscle_pipeline import routing, startup
 from muscle_pipeline.errors import CaseRejected, ModelError, NoCasesFoundError
 from muscle_pipeline.io.discover import discover
 from muscle_pipeline.io.write import write_label_map
@@ -176,6 +176,7 @@ def segment(
     from muscle_pipeline.recognition import recognize_scan
 
     def process(case, image, folder, stage):
+        startup.ready()  # the CLI's process: start-up is over (see muscle_pipeline.startup)
         stage("recognise")
         recognition = recognize_scan(image, dicom_modality=case.modality)
         name, net, provenance, warnings = models.pick(case, image, recognition)

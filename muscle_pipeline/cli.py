@@ -45,5 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script's entry point: :func:`main` as the whole process (it ends with the
+    command, so start-up may tune the garbage collector: :mod:`muscle_pipeline.startup`)."""
+    from muscle_pipeline import startup
+
+    startup.own_process()
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

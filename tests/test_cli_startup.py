@@ -3,6 +3,7 @@ argument errors, ``labels`` and a segment job's input, model-name and output err
 fraction of a second instead of after ~3 s of imports."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -58,3 +59,47 @@ def test_segment_argument_errors_come_before_torch_and_monai(tmp_path):
         heavy = out.stdout.split("HEAVY=")[-1].split()
         assert not {"torch", "monai"} & set(heavy[0].split(",") if heavy else []), (what, heavy)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
+
+
+GC_CHECK = """
+import gc, sys
+from muscle_pipeline import startup
+from muscle_pipeline.cli import main
+if {owned!r}:
+    startup.own_process()
+full_passes_before_first_case = []
+gc.callbacks.append(lambda phase, info: phase == 'start' and info['generation'] == 2
+                    and full_passes_before_first_case.append(gc.get_freeze_count() == 0))
+status = main({argv!r})
+print('STATUS=' + str(status), 'ENABLED=' + str(gc.isenabled()), 'FROZEN=' + str(gc.get_freeze_count()),
+      'FULL_PASSES_BEFORE_FIRST_CASE=' + str(sum(full_passes_before_first_case)), 'TORCH=' + str('torch' in sys.modules))
+"""
+
+
+def _gc_run(argv: list[str], owned: bool) -> dict:
+    out = subprocess.run([sys.executable, "-c", GC_CHECK.format(argv=argv, owned=owned)], capture_output=True,
+                         text=True, timeout=600)
+    line = [x for x in out.stdout.splitlines() if x.startswith("STATUS=")]
+    assert line, out.stderr[-3000:]
+    return dict(item.split("=") for item in line[-1].split())
+
+
+def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_cases(tmp_path, shared_data):
+    """The CLI's own segment process: no full garbage-collection pass while torch and MONAI are
+    imported (they cost ~0.56 s of a calf run), collection on again, with the start-up's objects
+    frozen, once the first case starts; the case completes. The same command called from
+    another program (the tests, a user's script) leaves that program's collector alone."""
+    calf = shared_data / "qmritools" / "thigh_calf_unlabeled" / "test_low.nii.gz"
+    owned = _gc_run(["segment", str(calf), "-o", str(tmp_path / "owned"), "--model", "calf_mri", "--quiet"], owned=True)
+    assert owned["STATUS"] == "0" and owned["TORCH"] == "True", owned
+    assert owned["ENABLED"] == "True" and int(owned["FROZEN"]) > 100_000, owned
+    assert owned["FULL_PASSES_BEFORE_FIRST_CASE"] == "0", owned
+    report = json.loads(next((tmp_path / "owned").glob("*/report.json")).read_text())
+    assert report["status"] == "complete"
+
+    failed = _gc_run(["segment", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out")], owned=True)
+    assert failed["STATUS"] == "1" and failed["ENABLED"] == "True" and failed["FROZEN"] == "0", failed
+
+    guest = _gc_run(["segment", str(calf), "-o", str(tmp_path / "guest"), "--model", "calf_mri", "--quiet"],
+                    owned=False)
+    assert guest["STATUS"] == "0" and guest["ENABLED"] == "True" and guest["FROZEN"] == "0", guest

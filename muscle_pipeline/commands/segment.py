@@ -40,12 +40,19 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from muscle_pipeline import startup
     from muscle_pipeline.api import batch_exit_code, segment
 
-    results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
-                      shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet,
-                      memory_budget_mb=args.memory_budget_mb, force=args.force,
-                      precision=args.precision)
+    # no garbage collection while torch and MONAI are imported; on again, with them frozen, when
+    # the first case starts (only when this command is the whole process: muscle_pipeline.startup)
+    startup.defer_collection()
+    try:
+        results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
+                          shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet,
+                          memory_budget_mb=args.memory_budget_mb, force=args.force,
+                          precision=args.precision)
+    finally:
+        startup.resume()
     counts: dict[str, int] = {}
     for r in results:  # FAILED/REJECTED/WARNING lines were printed by the batch, once, as they came
         counts[r.status] = counts.get(r.status, 0) + 1
