@@ -15,7 +15,9 @@ of ``--repeats`` runs each, alternating, on two label maps:
    whole map; the two results must be identical voxel for voxel, and its peak traced memory.
 2. The case outputs ``api._write_case_outputs`` (label map NIfTI, label tables, volumes table,
    QC picture; no DICOM SEG), with the reference ``measure_volumes`` / ``save_qc_png`` swapped in
-   for "before"; ``volumes.csv`` must be byte-identical and ``qc.png`` pixel-identical.
+   for "before"; ``volumes.csv`` must be byte-identical and ``qc.png`` pixel-identical (until the
+   QC picture was drawn with Pillow instead of matplotlib, a new layout: its pixels now differ from
+   the reference's by design, and the table says so).
 3. The NIfTI label map's gzip level (nibabel's default, and the time/size of a few levels).
 
 Results: benchmarks/results/bench_outputs.{md,json}.
