@@ -1,22 +1,35 @@
-"""The garbage collector of a short-lived ``muscle-pipeline segment`` process.
+"""Start-up of a short-lived ``muscle-pipeline segment`` process: the garbage collector and
+matplotlib's pyplot.
 
 Importing torch and MONAI leaves ~360 000 objects that live as long as the process. While they
 are imported, Python's collector makes ~6 full passes over everything allocated so far (0.56 s
 of a 7 s calf run on a 2-core CPU, measured with ``gc.callbacks``), finds nothing to free, and
 the interpreter's teardown walks them all once more. None of that is work.
 
-So the command that owns its process turns collection off while it starts
-(:func:`defer_collection`), and when its first case begins (:func:`ready`) moves every object
-alive then into the collector's permanent generation (``gc.freeze``: never walked again) and turns
-collection back on for the cases, whose own garbage is collected as usual. In any other process,
-the Python API inside a user's program or the tests, nothing here changes the collector:
-:func:`own_process` is called only by the console entry point.
+MONAI's ``monai.utils.jupyter_utils`` imports ``matplotlib.pyplot`` at start-up, inside a
+``try/except ImportError`` (~0.3 s with the figure machinery it pulls in), for MONAI's own plotting
+helpers; a segment job calls none of them and draws its QC picture with Pillow. (A lazy module,
+``importlib.util.LazyLoader``, does not help: the import statement reads the module's
+``__spec__``, which executes it.) So during start-up pyplot is hidden: importing it raises
+ModuleNotFoundError, which MONAI records as "no matplotlib" for its helpers; from the first case
+on it imports as usual.
+
+So the command that owns its process calls :func:`begin` before its imports: collection off,
+pyplot hidden. When its first case begins, :func:`ready` moves every object alive then into the
+collector's permanent generation (``gc.freeze``: never walked again) and turns collection back on
+for the cases, whose own garbage is collected as usual. In any other process, the Python API
+inside a user's program or the tests, nothing here changes anything: :func:`own_process` is
+called only by the console entry point.
 """
 from __future__ import annotations
 
 import gc
+import importlib.abc
+import sys
 
-__all__ = ["own_process", "defer_collection", "ready", "resume"]
+__all__ = ["own_process", "begin", "ready", "resume"]
+
+HIDDEN_DURING_START_UP = ("matplotlib.pyplot",)
 
 _owned = False  # set by the console entry point: this process ends when the command does
 _deferred = False
@@ -28,18 +41,35 @@ def own_process() -> None:
     _owned = True
 
 
-def defer_collection() -> None:
-    """Turn collection off until :func:`ready` (or :func:`resume`); only in the CLI's own process."""
+def begin() -> None:
+    """Before the command's imports, in the CLI's own process only: collection off and
+    :data:`HIDDEN_DURING_START_UP` hidden, until :func:`ready` (or :func:`resume`)."""
     global _deferred
-    if _owned and gc.isenabled():
-        gc.disable()
-        _deferred = True
+    if not _owned or _deferred:
+        return
+    gc.disable()
+    sys.meta_path.insert(0, _HIDER)
+    _deferred = True
+
+
+class _Hider(importlib.abc.MetaPathFinder):
+    """Makes the imports of :data:`HIDDEN_DURING_START_UP` fail while it is on ``sys.meta_path``."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in HIDDEN_DURING_START_UP:
+            raise ModuleNotFoundError(f"{name} is not imported while muscle-pipeline starts", name=name)
+        return None
+
+
+_HIDER = _Hider()
 
 
 def ready() -> None:
-    """Start-up is over (imports done, models loaded): freeze what is alive and collect again."""
+    """Start-up is over (imports done, models loaded): freeze what is alive and collect again;
+    the hidden modules import again."""
     global _deferred
     if _deferred:
+        _unhide()
         gc.freeze()
         gc.enable()
         _deferred = False
@@ -49,5 +79,11 @@ def resume() -> None:
     """Collect again without freezing (a command that ended before its first case)."""
     global _deferred
     if _deferred:
+        _unhide()
         gc.enable()
         _deferred = False
+
+
+def _unhide() -> None:
+    if _HIDER in sys.meta_path:
+        sys.meta_path.remove(_HIDER)

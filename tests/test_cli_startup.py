@@ -72,7 +72,12 @@ gc.callbacks.append(lambda phase, info: phase == 'start' and info['generation'] 
                     and full_passes_before_first_case.append(gc.get_freeze_count() == 0))
 status = main({argv!r})
 print('STATUS=' + str(status), 'ENABLED=' + str(gc.isenabled()), 'FROZEN=' + str(gc.get_freeze_count()),
-      'FULL_PASSES_BEFORE_FIRST_CASE=' + str(sum(full_passes_before_first_case)), 'TORCH=' + str('torch' in sys.modules))
+      'FULL_PASSES_BEFORE_FIRST_CASE=' + str(sum(full_passes_before_first_case)), 'TORCH=' + str('torch' in sys.modules),
+      'PYPLOT=' + type(sys.modules.get('matplotlib.pyplot')).__name__, end=' ')
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # a lazy pyplot works once touched
+print('PYPLOT_FIGURE=' + type(plt.figure()).__name__)
 """
 
 
@@ -87,13 +92,17 @@ def _gc_run(argv: list[str], owned: bool) -> dict:
 def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_cases(tmp_path, shared_data):
     """The CLI's own segment process: no full garbage-collection pass while torch and MONAI are
     imported (they cost ~0.56 s of a calf run), collection on again, with the start-up's objects
-    frozen, once the first case starts; the case completes. The same command called from
-    another program (the tests, a user's script) leaves that program's collector alone."""
+    frozen, once the first case starts; pyplot, which MONAI would import, never imported (the QC
+    picture is Pillow's) yet importable afterwards; the case completes. The same command called
+    from another program (the tests, a user's script) leaves that program's collector and
+    modules alone."""
     calf = shared_data / "qmritools" / "thigh_calf_unlabeled" / "test_low.nii.gz"
     owned = _gc_run(["segment", str(calf), "-o", str(tmp_path / "owned"), "--model", "calf_mri", "--quiet"], owned=True)
     assert owned["STATUS"] == "0" and owned["TORCH"] == "True", owned
     assert owned["ENABLED"] == "True" and int(owned["FROZEN"]) > 100_000, owned
     assert owned["FULL_PASSES_BEFORE_FIRST_CASE"] == "0", owned
+    assert owned["PYPLOT"] == "NoneType" and owned["PYPLOT_FIGURE"] == "Figure", owned
+    assert (next((tmp_path / "owned").glob("*/qc.png"))).stat().st_size > 10_000
     report = json.loads(next((tmp_path / "owned").glob("*/report.json")).read_text())
     assert report["status"] == "complete"
 
@@ -103,3 +112,4 @@ def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_c
     guest = _gc_run(["segment", str(calf), "-o", str(tmp_path / "guest"), "--model", "calf_mri", "--quiet"],
                     owned=False)
     assert guest["STATUS"] == "0" and guest["ENABLED"] == "True" and guest["FROZEN"] == "0", guest
+    assert guest["PYPLOT"] == "module", guest

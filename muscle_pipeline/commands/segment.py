@@ -43,9 +43,10 @@ def run(args) -> int:
     from muscle_pipeline import startup
     from muscle_pipeline.api import batch_exit_code, segment
 
-    # no garbage collection while torch and MONAI are imported; on again, with them frozen, when
-    # the first case starts (only when this command is the whole process: muscle_pipeline.startup)
-    startup.defer_collection()
+    # no garbage collection while torch and MONAI are imported (on again, with them frozen, when
+    # the first case starts) and pyplot left unexecuted; only when this command is the whole
+    # process (muscle_pipeline.startup)
+    startup.begin()
     try:
         results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
                           shard=args.shard, side=args.side, dicom_seg=not args.no_dicom_seg, progress=not args.quiet,
