@@ -1,5 +1,5 @@
 """Start-up of a short-lived ``muscle-pipeline segment`` process: the garbage collector, and
-two optional imports of MONAI's.
+three optional imports of MONAI's.
 
 Importing torch and MONAI leaves ~360 000 objects that live as long as the process. While they
 are imported, Python's collector makes ~6 full passes over everything allocated so far (0.56 s
@@ -8,15 +8,16 @@ the interpreter's teardown walks them all once more. None of that is work.
 
 MONAI's ``monai.utils.jupyter_utils`` imports ``matplotlib.pyplot`` at start-up, inside a
 ``try/except ImportError`` (~0.3 s with the figure machinery it pulls in), for MONAI's own plotting
-helpers, and ``monai.utils.profiling`` imports pandas where it is installed (~0.2 s, optional);
-a segment job calls none of those helpers and draws its QC picture with Pillow. (A lazy module,
+helpers, its ultrasound confidence map and signal transforms import scipy.signal (~0.3 s with
+scipy.stats), and ``monai.utils.profiling`` imports pandas where it is installed (~0.2 s); all
+optional. A segment job calls none of those helpers and draws its QC picture with Pillow. (A lazy module,
 ``importlib.util.LazyLoader``, does not help: the import statement reads the module's
 ``__spec__``, which executes it.) So during start-up they are hidden: importing them raises
 ModuleNotFoundError, which MONAI records as "not installed" for its helpers; from the first
 case on they import as usual.
 
 So the command that owns its process calls :func:`begin` before its imports: collection off,
-pyplot and pandas hidden. When its first case begins, :func:`ready` moves every object alive then into the
+those three hidden. When its first case begins, :func:`ready` moves every object alive then into the
 collector's permanent generation (``gc.freeze``: never walked again) and turns collection back on
 for the cases, whose own garbage is collected as usual. In any other process, the Python API
 inside a user's program or the tests, nothing here changes anything: :func:`own_process` is
@@ -31,8 +32,10 @@ import sys
 __all__ = ["own_process", "begin", "ready", "resume"]
 
 # what MONAI imports at start-up, each behind its optional_import or a try/except ImportError, for
-# helpers a segment job never calls: matplotlib's pyplot (~0.3 s), pandas (~0.2 s, where installed)
-HIDDEN_DURING_START_UP = ("matplotlib.pyplot", "pandas")
+# helpers a segment job never calls: matplotlib's pyplot (~0.3 s; MONAI's plots), scipy.signal
+# (~0.3 s with the scipy.stats it pulls in; MONAI's ultrasound confidence map and signal
+# transforms), pandas (~0.2 s where installed; MONAI's profiling tables)
+HIDDEN_DURING_START_UP = ("matplotlib.pyplot", "scipy.signal", "pandas")
 
 _owned = False  # set by the console entry point: this process ends when the command does
 _deferred = False
@@ -59,7 +62,7 @@ class _Hider(importlib.abc.MetaPathFinder):
     """Makes the imports of :data:`HIDDEN_DURING_START_UP` fail while it is on ``sys.meta_path``."""
 
     def find_spec(self, name, path=None, target=None):
-        if name in HIDDEN_DURING_START_UP or name.split(".")[0] in HIDDEN_DURING_START_UP:
+        if any(name == hidden or name.startswith(hidden + ".") for hidden in HIDDEN_DURING_START_UP):
             raise ModuleNotFoundError(f"{name} is not imported while muscle-pipeline starts", name=name)
         return None
 

@@ -74,7 +74,8 @@ status = main({argv!r})
 print('STATUS=' + str(status), 'ENABLED=' + str(gc.isenabled()), 'FROZEN=' + str(gc.get_freeze_count()),
       'FULL_PASSES_BEFORE_FIRST_CASE=' + str(sum(full_passes_before_first_case)), 'TORCH=' + str('torch' in sys.modules),
       'PYPLOT=' + type(sys.modules.get('matplotlib.pyplot')).__name__,
-      'PANDAS=' + type(sys.modules.get('pandas')).__name__, end=' ')
+      'PANDAS=' + type(sys.modules.get('pandas')).__name__,
+      'SIGNAL=' + type(sys.modules.get('scipy.signal')).__name__, end=' ')
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # a lazy pyplot works once touched
@@ -103,7 +104,7 @@ def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_c
     assert owned["ENABLED"] == "True" and int(owned["FROZEN"]) > 100_000, owned
     assert owned["FULL_PASSES_BEFORE_FIRST_CASE"] == "0", owned
     assert owned["PYPLOT"] == "NoneType" and owned["PYPLOT_FIGURE"] == "Figure", owned
-    assert owned["PANDAS"] == "NoneType", owned  # installed here by the test extra (gradio)
+    assert owned["PANDAS"] == owned["SIGNAL"] == "NoneType", owned  # (pandas: installed by the test extra)
     assert (next((tmp_path / "owned").glob("*/qc.png"))).stat().st_size > 10_000
     report = json.loads(next((tmp_path / "owned").glob("*/report.json")).read_text())
     assert report["status"] == "complete"
@@ -114,4 +115,4 @@ def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_c
     guest = _gc_run(["segment", str(calf), "-o", str(tmp_path / "guest"), "--model", "calf_mri", "--quiet"],
                     owned=False)
     assert guest["STATUS"] == "0" and guest["ENABLED"] == "True" and guest["FROZEN"] == "0", guest
-    assert guest["PYPLOT"] == "module" and guest["PANDAS"] == "module", guest
+    assert guest["PYPLOT"] == guest["PANDAS"] == guest["SIGNAL"] == "module", guest
