@@ -266,23 +266,29 @@ def time_nnunet_process(source: Path, threads: int, configuration: str = "2d") -
 def process(repeats: int, threads: int, old: str | None, cases: list[str], output: str = "bench_whole_process") -> int:
     from bench_segment import ensure_synthetic_ct, machine
 
-    ensure_whole_leg()
-    ensure_synthetic_ct(PROCESS_CASES["ll35_ct_512x512x400"])
+    if "ll35_whole_leg" in cases:
+        ensure_whole_leg()
+    if "ll35_ct_512x512x400" in cases:
+        ensure_synthetic_ct(PROCESS_CASES["ll35_ct_512x512x400"])
     # lower_limb_35 needs weights that are not shipped (runs/ll35_bundle/models); without them the
     # race runs the other codes only
     codes = {"current": (None, REPO / "runs" / "ll35_bundle")} if (REPO / "runs" / "ll35_bundle" / "models").is_dir() else {}
     if not codes:
         print("runs/ll35_bundle has no models: lower_limb_35 is left out of this run", flush=True)
+    old_rev = None
     if old:
         old_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=old, capture_output=True,
                                  text=True).stdout.strip()
-        codes[f"old ({old_rev})"] = (old, REPO / "runs" / "ll35_bundle_old")
+        if codes:
+            codes[f"old ({old_rev})"] = (old, REPO / "runs" / "ll35_bundle_old")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {"machine": machine(), "threads": threads, "repeats": repeats, "commit": commit, "cases": {}}
     for name in cases:
         case_codes = dict(codes)
         if name == "ll35_test_low":  # the calf race: our calf model and nnU-Net 2d, whole process each
             case_codes["calf_mri (current)"] = (None, "calf_mri")
+            if old:
+                case_codes[f"calf_mri (old, {old_rev})"] = (old, "calf_mri")
             if (REPO / ".venv-nnunet" / "bin" / "python").is_file():
                 import nnunet_baseline
 
