@@ -14,8 +14,9 @@ Every row is a fresh Python process timed from outside (wall seconds, median of 
 
 ``--with NAME=DIR`` (repeatable): the same rows again with ``DIR`` first on ``PYTHONPATH``, the
 runs alternating with the environment's own under the same load. That is how an alternative
-version of a dependency is compared, e.g. ``pip install --no-deps --target /tmp/scipy117
-scipy==1.17.1`` then ``--with scipy-1.17.1=/tmp/scipy117``. The modules that cost most in segment's
+version of a dependency is compared, e.g. ``pip install --no-deps --target /tmp/scipy116
+scipy==1.16.3`` then ``--with scipy-1.16.3=/tmp/scipy116`` (scipy 1.17's scipy.signal imports
+~0.5 s slower than 1.16's; segment's start hides it, see :mod:`muscle_pipeline.startup`). The modules that cost most in segment's
 start (``python -X importtime``) are listed too.
 
 Results: ``benchmarks/results/bench_startup.md`` and ``.json``, with the machine's details.
@@ -44,7 +45,7 @@ ROWS = {
     "segment's start (imports + calf_mri loaded)": [
         "-c", "from muscle_pipeline import startup; startup.own_process(); startup.begin(); "
               "from muscle_pipeline.api import ModelPicker; ModelPicker('calf_mri').load_named(); startup.ready()"],
-    "the same without muscle_pipeline.startup (collector on, pyplot imported)": [
+    "the same without muscle_pipeline.startup (collector on, nothing hidden)": [
         "-c", "from muscle_pipeline.api import ModelPicker; ModelPicker('calf_mri').load_named()"],
 }
 VERSIONS = ("import scipy, matplotlib, skimage, monai, torch, sys; "
