@@ -7,8 +7,8 @@ of a 7 s calf run on a 2-core CPU, measured with ``gc.callbacks``), finds nothin
 the interpreter's teardown walks them all once more. None of that is work.
 
 MONAI's ``monai.utils.jupyter_utils`` imports ``matplotlib.pyplot`` at start-up, inside a
-``try/except ImportError`` (~0.3 s with the figure machinery it pulls in), for MONAI's own plotting
-helpers, its ultrasound confidence map and signal transforms import scipy.signal (~0.3 s with
+``try/except ImportError`` (~0.4 s with matplotlib and the figure machinery it pulls in), for
+MONAI's own plotting helpers, its ultrasound confidence map and signal transforms import scipy.signal (~0.3 s with
 scipy.stats), and ``monai.utils.profiling`` imports pandas where it is installed (~0.2 s); all
 optional. A segment job calls none of those helpers and draws its QC picture with Pillow. (A lazy module,
 ``importlib.util.LazyLoader``, does not help: the import statement reads the module's
@@ -32,10 +32,10 @@ import sys
 __all__ = ["own_process", "begin", "ready", "resume"]
 
 # what MONAI imports at start-up, each behind its optional_import or a try/except ImportError, for
-# helpers a segment job never calls: matplotlib's pyplot (~0.3 s; MONAI's plots), scipy.signal
+# helpers a segment job never calls: matplotlib (~0.4 s with pyplot; MONAI's plots), scipy.signal
 # (~0.3 s with the scipy.stats it pulls in; MONAI's ultrasound confidence map and signal
 # transforms), pandas (~0.2 s where installed; MONAI's profiling tables)
-HIDDEN_DURING_START_UP = ("matplotlib.pyplot", "scipy.signal", "pandas")
+HIDDEN_DURING_START_UP = ("matplotlib", "scipy.signal", "pandas")
 
 _owned = False  # set by the console entry point: this process ends when the command does
 _deferred = False

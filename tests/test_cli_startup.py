@@ -74,6 +74,7 @@ status = main({argv!r})
 print('STATUS=' + str(status), 'ENABLED=' + str(gc.isenabled()), 'FROZEN=' + str(gc.get_freeze_count()),
       'FULL_PASSES_BEFORE_FIRST_CASE=' + str(sum(full_passes_before_first_case)), 'TORCH=' + str('torch' in sys.modules),
       'PYPLOT=' + type(sys.modules.get('matplotlib.pyplot')).__name__,
+      'MATPLOTLIB=' + type(sys.modules.get('matplotlib')).__name__,
       'PANDAS=' + type(sys.modules.get('pandas')).__name__,
       'SIGNAL=' + type(sys.modules.get('scipy.signal')).__name__, end=' ')
 import matplotlib
@@ -94,7 +95,7 @@ def _gc_run(argv: list[str], owned: bool) -> dict:
 def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_cases(tmp_path, shared_data):
     """The CLI's own segment process: no full garbage-collection pass while torch and MONAI are
     imported (they cost ~0.56 s of a calf run), collection on again, with the start-up's objects
-    frozen, once the first case starts; pyplot, which MONAI would import, never imported (the QC
+    frozen, once the first case starts; matplotlib, which MONAI would import, never imported (the QC
     picture is Pillow's) yet importable afterwards; the case completes. The same command called
     from another program (the tests, a user's script) leaves that program's collector and
     modules alone."""
@@ -104,7 +105,7 @@ def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_c
     assert owned["ENABLED"] == "True" and int(owned["FROZEN"]) > 100_000, owned
     assert owned["FULL_PASSES_BEFORE_FIRST_CASE"] == "0", owned
     assert owned["PYPLOT"] == "NoneType" and owned["PYPLOT_FIGURE"] == "Figure", owned
-    assert owned["PANDAS"] == owned["SIGNAL"] == "NoneType", owned  # (pandas: installed by the test extra)
+    assert owned["MATPLOTLIB"] == owned["PANDAS"] == owned["SIGNAL"] == "NoneType", owned  # (pandas: installed by the test extra)
     assert (next((tmp_path / "owned").glob("*/qc.png"))).stat().st_size > 10_000
     report = json.loads(next((tmp_path / "owned").glob("*/report.json")).read_text())
     assert report["status"] == "complete"
