@@ -10,7 +10,8 @@ Every row is a fresh Python process timed from outside (wall seconds, median of 
 * ``muscle-pipeline labels`` and ``segment`` on a missing input (the commands that load neither);
 * **segment's start**: everything ``muscle-pipeline segment --model calf_mri`` does before its first
   case: the imports and loading the model (``ModelPicker.load_named``), with the garbage collector
-  off until then and pyplot lazy (:mod:`muscle_pipeline.startup`), and the same without those.
+  off until then and three optional imports kept from MONAI (:mod:`muscle_pipeline.startup`), and
+  the same without those.
 
 ``--with NAME=DIR`` (repeatable): the same rows again with ``DIR`` first on ``PYTHONPATH``, the
 runs alternating with the environment's own under the same load. That is how an alternative
@@ -43,7 +44,7 @@ ROWS = {
     "segment, missing input (error)": ["-m", "muscle_pipeline", "segment", "/nonexistent/scan.nii.gz", "-o",
                                        "/tmp/never_written"],
     "segment's start (imports + calf_mri loaded)": [
-        "-c", "from muscle_pipeline import startup; startup.own_process(); startup.begin(); "
+        "-c", "from muscle_pipeline import startup; startup.own_process(); startup.begin(); startup.import_monai(); "
               "from muscle_pipeline.api import ModelPicker; ModelPicker('calf_mri').load_named(); startup.ready()"],
     "the same without muscle_pipeline.startup (collector on, nothing hidden)": [
         "-c", "from muscle_pipeline.api import ModelPicker; ModelPicker('calf_mri').load_named()"],

@@ -170,6 +170,7 @@ def segment(
     shard_t = parse_shard(shard) if isinstance(shard, str) or shard is None else tuple(shard)
     models = ModelPicker(model, device=device, memory_budget_mb=memory_budget_mb, force=force, precision=precision)
     prepare_output_dir(output_dir)  # a folder that cannot be written fails the job before any model loads
+    startup.import_monai()  # the CLI's own process: without the optional imports a job never uses
     models.load_named()  # a named model is loaded before any case: a broken bundle fails the job at once
 
     from muscle_pipeline.io.read import read_image

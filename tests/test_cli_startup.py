@@ -117,3 +117,25 @@ def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_c
                     owned=False)
     assert guest["STATUS"] == "0" and guest["ENABLED"] == "True" and guest["FROZEN"] == "0", guest
     assert guest["PYPLOT"] == guest["PANDAS"] == guest["SIGNAL"] == "module", guest
+
+
+def test_monai_imported_without_its_unused_optional_imports_which_import_as_usual_right_after():
+    """startup.import_monai (the CLI's own process only): MONAI comes in without matplotlib,
+    scipy.signal and pandas (its plotting/profiling helpers then report them missing), and they
+    import normally right after, e.g. for a bundle config's "$import pandas"."""
+    code = """
+import sys
+from muscle_pipeline import startup
+startup.import_monai()
+print('GUEST_MONAI=' + str('monai' in sys.modules))
+startup.own_process()
+startup.import_monai()
+import monai.utils.jupyter_utils as ju
+hidden_while_monai = [m for m in startup.HIDDEN_FROM_MONAI if m in sys.modules]
+import scipy.signal, pandas, matplotlib.pyplot
+print('MONAI=' + str('monai' in sys.modules), 'HIDDEN_WHILE_MONAI=' + ','.join(hidden_while_monai),
+      'MONAI_SAW_MATPLOTLIB=' + str(ju.has_matplotlib), 'HILBERT=' + str(callable(scipy.signal.hilbert)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "GUEST_MONAI=False" in out.stdout, out.stderr[-2000:]
+    assert "MONAI=True HIDDEN_WHILE_MONAI= MONAI_SAW_MATPLOTLIB=False HILBERT=True" in out.stdout, out.stderr[-2000:]

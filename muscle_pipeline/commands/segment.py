@@ -43,9 +43,9 @@ def run(args) -> int:
     from muscle_pipeline import startup
     from muscle_pipeline.api import batch_exit_code, segment
 
-    # no garbage collection while torch and MONAI are imported (on again, with them frozen, when
-    # the first case starts) and pyplot left unexecuted; only when this command is the whole
-    # process (muscle_pipeline.startup)
+    # no garbage collection while torch and MONAI are imported: on again, with what they left
+    # frozen, when the first case starts (only when this command is the whole process; see
+    # muscle_pipeline.startup, which also keeps three optional imports of MONAI's out)
     startup.begin()
     try:
         results = segment(args.inputs, args.output, model=args.model, device=args.device, overwrite=args.overwrite,
