@@ -176,8 +176,11 @@ def segment(
     from muscle_pipeline.io.read import read_image
     from muscle_pipeline.recognition import recognize_scan
 
+    # the CLI's own process: start-up is over, before any scan is read (what is frozen now is
+    # never collected, so no case's data may be among it; see muscle_pipeline.startup)
+    startup.ready()
+
     def process(case, image, folder, stage):
-        startup.ready()  # the CLI's process: start-up is over (see muscle_pipeline.startup)
         stage("recognise")
         recognition = recognize_scan(image, dicom_modality=case.modality)
         name, net, provenance, warnings = models.pick(case, image, recognition)

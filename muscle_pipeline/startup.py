@@ -22,9 +22,10 @@ So, in the process the CLI owns (:func:`own_process`, called only by the console
   three hidden from its probes (importing them raises ModuleNotFoundError, which MONAI records
   as "not installed" for its own helpers), and visible again as soon as MONAI is in, so a
   bundle's configs or anything else may import them as usual;
-* :func:`ready`, when the first case starts: every object alive then moves into the collector's
-  permanent generation (``gc.freeze``: never walked again) and collection is back on for the
-  cases, whose own garbage is collected as usual; :func:`resume` if no case starts.
+* :func:`ready`, when the imports are done and before the first scan is read: every object
+  alive then moves into the collector's permanent generation (``gc.freeze``: never walked again,
+  so no case's data may be among it) and collection is back on for the cases, whose own garbage
+  is collected as usual; :func:`resume` if the command ends before that.
 
 In any other process, the Python API inside a user's program or the tests, these functions
 change nothing. The one cost: in the CLI's own process, MONAI's plotting, profiling, ultrasound
@@ -85,7 +86,8 @@ def import_monai() -> None:
 
 
 def ready() -> None:
-    """Start-up is over (imports done, models loaded): freeze what is alive and collect again."""
+    """Start-up is over (imports done, a named model loaded, no scan read yet): freeze what is
+    alive and collect again."""
     global _deferred
     if _deferred:
         gc.freeze()
@@ -94,7 +96,7 @@ def ready() -> None:
 
 
 def resume() -> None:
-    """Collect again without freezing (a command that ended before its first case)."""
+    """Collect again without freezing (a command that ended before its start-up did)."""
     global _deferred
     if _deferred:
         gc.enable()

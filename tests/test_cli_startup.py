@@ -95,7 +95,7 @@ def _gc_run(argv: list[str], owned: bool) -> dict:
 def test_segment_as_its_own_process_starts_without_collecting_and_collects_its_cases(tmp_path, shared_data):
     """The CLI's own segment process: no full garbage-collection pass while torch and MONAI are
     imported (they cost ~0.56 s of a calf run), collection on again, with the start-up's objects
-    frozen, once the first case starts; matplotlib, which MONAI would import, never imported (the QC
+    frozen, before the first scan is read; matplotlib, which MONAI would import, never imported (the QC
     picture is Pillow's) yet importable afterwards; the case completes. The same command called
     from another program (the tests, a user's script) leaves that program's collector and
     modules alone."""

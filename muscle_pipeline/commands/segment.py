@@ -44,7 +44,7 @@ def run(args) -> int:
     from muscle_pipeline.api import batch_exit_code, segment
 
     # no garbage collection while torch and MONAI are imported: on again, with what they left
-    # frozen, when the first case starts (only when this command is the whole process; see
+    # frozen, before the first scan is read (only when this command is the whole process; see
     # muscle_pipeline.startup, which also keeps three optional imports of MONAI's out)
     startup.begin()
     try:
