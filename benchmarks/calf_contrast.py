@@ -140,7 +140,9 @@ def picture(runs: dict[str, dict], scan: str, path: Path) -> None:
                 ax.set_title(f"z={z}", fontsize=8)
     tiles = [lab[x0:x1, y0:y1] for lab in labels.values()]
     named = np.concatenate([t[t > 0] for t in tiles]) if tiles else np.zeros(0)
-    leg = "no leg labelled" if named.size == 0 else ("left leg" if np.median(named) >= 100 else "right leg")
+    from muscle_pipeline.labels import LEFT_OFFSET
+
+    leg = "no leg labelled" if named.size == 0 else ("left leg" if np.median(named) >= LEFT_OFFSET else "right leg")
     fig.suptitle(f"{scan}: {leg}, calf_mri weights by row (array x to the right)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=70)

@@ -166,8 +166,8 @@ def asymmetric_volumes(volumes: list[StructureVolume], max_ratio: float = MAX_SI
     when both sides lie wholly inside the field of view (a cut one is only a lower bound)."""
     pairs: dict[str, dict[str, StructureVolume]] = {}
     for v in volumes:
-        if v.side in ("left", "right"):
-            pairs.setdefault(v.name.removesuffix(f"_{v.side}"), {})[v.side] = v
+        if v.side in ("left", "right"):  # paired by the ontology's structure, not by name
+            pairs.setdefault(ontology.label(v.name).structure.name, {})[v.side] = v
     warnings = []
     for base, sides in pairs.items():
         if len(sides) < 2 or any(v.touches_border for v in sides.values()):
