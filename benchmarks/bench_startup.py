@@ -62,10 +62,18 @@ def environment(extra: str | None, threads: int) -> dict:
     return env
 
 
-def wall(args: list[str], env: dict) -> float:
+# the exit status each row must end with (the argument error's is 1): a row that crashed early
+# would otherwise look fast
+EXPECTED_STATUS = {"segment, missing input (error)": 1}
+
+
+def wall(args: list[str], env: dict, expected_status: int = 0) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, cwd=REPO)
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - t0
+    if done.returncode != expected_status:
+        raise SystemExit(f"{args}: exit {done.returncode}, expected {expected_status}\n{done.stderr[-2000:]}")
+    return seconds
 
 
 def top_imports(env: dict, n: int = 12) -> list[dict]:
@@ -108,7 +116,7 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):
         for row, row_args in ROWS.items():
             for name, env in envs.items():  # alternating: both environments see the same load
-                times.setdefault((row, name), []).append(wall(row_args, env))
+                times.setdefault((row, name), []).append(wall(row_args, env, EXPECTED_STATUS.get(row, 0)))
     imports = top_imports(envs["this environment"])
 
     info = machine()
